@@ -1,0 +1,189 @@
+"""The model: character embedding -> stacked recurrent cells -> dense head over the outputs.
+
+A run directory holds everything needed to rebuild a model exactly:
+
+    config.json         ModelConfig (this file)
+    weights.safetensors MLX's own safetensors writer, never pickle
+    vocab.json          input symbols and output words (edge_rnn.vocab)
+    metrics.jsonl       one JSON object per logged training/validation event
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from edge_rnn.cells import CELLS, State, make_cell
+from edge_rnn.io import EdgeRNNError, atomic_path, atomic_write_text
+from edge_rnn.vocab import N_SYMBOLS, PAD, UNK, Vocab
+
+TASKS = ("autocomplete", "charlm")
+CONFIG, WEIGHTS, VOCAB, METRICS = "config.json", "weights.safetensors", "vocab.json", "metrics.jsonl"
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a model; round-trips through JSON."""
+
+    cell: str = "gru"
+    layers: int = 1
+    units: int = 256
+    depth: int = 2  # Nested LSTM only
+    embed_dim: int = 64
+    vocab_size: int = 10_000  # output words, not counting <pad> and <unk>
+    task: str = "autocomplete"
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise EdgeRNNError(f"unknown cell {self.cell!r}; choose one of: {', '.join(CELLS)}")
+        if self.task not in TASKS:
+            raise EdgeRNNError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        for name in ("layers", "units", "embed_dim", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise EdgeRNNError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cell == "nlstm" and self.depth < 2:
+            raise EdgeRNNError(f"Nested LSTM depth must be >= 2, got {self.depth}")
+
+    @property
+    def n_outputs(self) -> int:
+        """Autocomplete: <pad>, <unk> and the words. Char LM: the 28 input symbols."""
+        return self.vocab_size + 2 if self.task == "autocomplete" else N_SYMBOLS
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise EdgeRNNError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+class RNNModel(nn.Module):
+    """Embedding -> ``layers`` cells -> linear head, with the same step protocol as the cells."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        E, H = config.embed_dim, config.units
+        # 27 trainable rows; symbol 0 (<pad>) embeds to a constant zero vector (the article's recipe)
+        self.embedding = mx.random.normal((N_SYMBOLS - 1, E)) * (1.0 / E**0.5)
+        self.layers = [make_cell(config.cell, E if k == 0 else H, H, config.depth)
+                       for k in range(config.layers)]
+        self.head = nn.Linear(H, config.n_outputs)
+
+    def embed(self, ids: mx.array) -> mx.array:
+        table = mx.concatenate([mx.zeros((1, self.config.embed_dim)), self.embedding])
+        return table[ids]
+
+    def initial_state(self, batch: int) -> list[State]:
+        return [cell.initial_state(batch) for cell in self.layers]
+
+    def __call__(self, ids: mx.array, state: list[State] | None = None) -> tuple[mx.array, list[State]]:
+        """``ids`` (B, T) -> logits (B, T, n_outputs) and the final state of every layer."""
+        x = self.embed(ids)
+        state = state or [None] * len(self.layers)
+        new_state = []
+        for cell, s in zip(self.layers, state):
+            x, s = cell(x, s)
+            new_state.append(s)
+        return self.head(x), new_state
+
+    def step(self, ids: mx.array, state: list[State]) -> tuple[mx.array, list[State]]:
+        """One character per batch row, ``ids`` (B,) -> logits (B, n_outputs): one keystroke."""
+        x = self.embed(ids)
+        new_state = []
+        for cell, s in zip(self.layers, state):
+            x, s = cell.step(x, s)
+            new_state.append(s)
+        return self.head(x), new_state
+
+    def loss(self, ids: mx.array, targets: mx.array) -> tuple[mx.array, mx.array]:
+        """Mean cross-entropy over the tokens that carry loss, and their count.
+
+        <pad> never carries loss; for autocomplete <unk> doesn't either (the article's weights).
+        """
+        logits, _ = self(ids)
+        weights = targets != PAD
+        if self.config.task == "autocomplete":
+            weights = weights & (targets != UNK)
+        ce = nn.losses.cross_entropy(logits, targets, reduction="none")
+        n = mx.maximum(weights.sum(), 1)
+        return (ce * weights).sum() / n, n
+
+    def recurrent_parameters(self) -> int:
+        return sum(v.size for cell in self.layers for _, v in tree_flatten(cell.parameters()))
+
+    def num_parameters(self) -> int:
+        return sum(v.size for _, v in tree_flatten(self.parameters()))
+
+
+def save(model: RNNModel, run_dir: Path, vocab: Vocab | None = None) -> None:
+    """Write config, weights (and vocab) atomically; a crash leaves the previous files intact."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run_dir / WEIGHTS) as tmp:
+        mx.save_safetensors(str(tmp), dict(tree_flatten(model.parameters())))
+    atomic_write_text(run_dir / CONFIG, model.config.to_json())
+    if vocab is not None:
+        vocab.save(run_dir / VOCAB)
+
+
+def load_config(run_dir: Path) -> ModelConfig:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise EdgeRNNError(f"{run_dir} is not a run directory (no {CONFIG})")
+    try:
+        return ModelConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise EdgeRNNError(f"{path} is not a valid model config: {err}") from None
+
+
+def load(run_dir: Path) -> tuple[RNNModel, Vocab | None]:
+    """Rebuild the model of a run directory with its exact weights, and its vocabulary."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    model = RNNModel(config)
+    path = run_dir / WEIGHTS
+    if not path.is_file():
+        raise EdgeRNNError(f"{run_dir} has no weights ({WEIGHTS} missing)")
+    try:
+        weights = mx.load(str(path))
+        model.load_weights(list(weights.items()), strict=True)
+    except Exception as err:  # MLX raises several types for truncated/mismatched files
+        raise EdgeRNNError(f"{path} is damaged or does not match {CONFIG}: {err}") from None
+    mx.eval(model.parameters())
+    vocab = None
+    if (run_dir / VOCAB).is_file():
+        try:
+            vocab = Vocab.load(run_dir / VOCAB)
+        except (ValueError, KeyError, json.JSONDecodeError) as err:
+            raise EdgeRNNError(f"{run_dir / VOCAB} is not a valid vocabulary: {err}") from None
+        if config.task == "autocomplete" and len(vocab) != config.n_outputs:
+            raise EdgeRNNError(f"{run_dir}: vocab.json has {len(vocab)} words but the model outputs "
+                               f"{config.n_outputs}; they do not belong together")
+    return model, vocab
+
+
+# ---- presets ---------------------------------------------------------------------------------
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+def load_preset(name: str) -> ModelConfig:
+    """A named configuration from ``models/NAME.json`` (its model card is ``models/NAME.md``)."""
+    path = PRESETS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise EdgeRNNError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return ModelConfig.from_dict(json.loads(path.read_text()))
