@@ -105,18 +105,24 @@ class RNNModel(nn.Module):
             new_state.append(s)
         return self.head(x), new_state
 
-    def loss(self, ids: mx.array, targets: mx.array) -> tuple[mx.array, mx.array]:
-        """Mean cross-entropy over the tokens that carry loss, and their count.
-
-        <pad> never carries loss; for autocomplete <unk> doesn't either (the article's weights).
-        """
-        logits, _ = self(ids)
+    def loss_weights(self, targets: mx.array) -> mx.array:
+        """Which targets carry loss: never <pad>; for autocomplete not <unk> either (the article's)."""
         weights = targets != PAD
         if self.config.task == "autocomplete":
             weights = weights & (targets != UNK)
+        return weights
+
+    def loss(self, ids: mx.array, targets: mx.array) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+        """Mean cross-entropy over the tokens that carry loss; also (their count, top-1 hits).
+
+        The extra outputs ride along so that training can show accuracy without a second forward.
+        """
+        logits, _ = self(ids)
+        weights = self.loss_weights(targets)
         ce = nn.losses.cross_entropy(logits, targets, reduction="none")
         n = mx.maximum(weights.sum(), 1)
-        return (ce * weights).sum() / n, n
+        hits = ((logits.argmax(axis=-1) == targets) & weights).sum()
+        return (ce * weights).sum() / n, (n, hits)
 
     def recurrent_parameters(self) -> int:
         return sum(v.size for cell in self.layers for _, v in tree_flatten(cell.parameters()))

@@ -1,0 +1,111 @@
+"""The whole model against the NumPy reference, run-dir round trips, presets."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten, tree_map
+
+import reference as ref
+from edge_rnn.io import EdgeRNNError
+from edge_rnn.model import ModelConfig, RNNModel, load, load_preset, preset_names, save
+from edge_rnn.vocab import Vocab
+
+
+def random_model(seed=0, **kw):
+    mx.random.seed(seed)
+    cfg = ModelConfig(**{"cell": "lstm", "layers": 2, "units": 8, "embed_dim": 5, "vocab_size": 11, **kw})
+    model = RNNModel(cfg)
+    rng = np.random.default_rng(seed)
+    model.update(tree_map(lambda a: mx.array(rng.normal(0, 0.5, a.shape), dtype=mx.float32), model.parameters()))
+    return model
+
+
+IDS = np.array([[1, 21, 9, 6, 1, 4, 2, 21, 0, 0], [1, 3, 15, 3, 1, 13, 2, 5, 6, 1]])
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "cifg", "nlstm"])
+def test_model_matches_numpy_reference(cell):
+    model = random_model(cell=cell, depth=3)
+    params = {k: np.array(v, dtype=np.float64) for k, v in tree_flatten(model.parameters())}
+    logits, _ = model(mx.array(IDS))
+    np.testing.assert_allclose(np.array(logits), ref.model_logits(model.config, params, IDS), atol=1e-5, rtol=1e-5)
+
+
+def test_pad_embeds_to_zero_and_step_matches_sequence():
+    model = random_model(cell="gru")
+    assert np.all(np.array(model.embed(mx.array([0]))) == 0)
+    logits, final = model(mx.array(IDS))
+    state = model.initial_state(2)
+    for t in range(IDS.shape[1]):
+        step_logits, state = model.step(mx.array(IDS[:, t]), state)
+        np.testing.assert_allclose(np.array(step_logits), np.array(logits[:, t]), atol=1e-5)
+    for (a,), (b,) in zip(state, final):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-6)
+
+
+def test_loss_masks_pad_and_unk():
+    model = random_model(cell="rnn")
+    ids = mx.array(IDS[:1])
+    targets = np.array([[5, 5, 5, 5, 1, 1, 1, 7, 0, 0]])  # 5 loss tokens, 3 unk, 2 pad
+    loss, (n, _) = model.loss(ids, mx.array(targets))
+    logits, _ = model(ids)
+    logp = np.array(logits[0]) - np.log(np.exp(np.array(logits[0])).sum(-1, keepdims=True))
+    keep = [0, 1, 2, 3, 7]
+    assert int(n) == 5
+    np.testing.assert_allclose(float(loss), -np.mean([logp[t, targets[0, t]] for t in keep]), rtol=1e-5)
+
+
+def test_article_presets_match_the_papers_parameter_counts():
+    counts = {name: RNNModel(load_preset(name)).recurrent_parameters() for name in ("article-lstm", "article-nlstm", "article-gru")}
+    assert counts["article-lstm"] == 5_764_800
+    assert counts["article-nlstm"] == 5_764_800
+    assert counts["article-gru"] == 4_323_600 + 2 * 600  # + the reset-after GRU's recurrent bias b_hn
+    head = RNNModel(load_preset("article-gru")).head
+    assert head.weight.size + head.bias.size == 9_847_986  # 600 x 16,386 + 16,386
+
+
+def test_every_preset_builds_and_edge_presets_are_small():
+    names = preset_names()
+    assert {"tiny", "edge-rnn", "edge-gru", "edge-lstm", "edge-cifg", "edge-nlstm"} <= set(names)
+    for name in names:
+        n = RNNModel(load_preset(name)).num_parameters()
+        if name.startswith("edge-"):
+            assert 1_000_000 <= n <= 3_500_000, (name, n)
+
+
+def test_run_dir_round_trip(tmp_path):
+    model = random_model(cell="nlstm", depth=2)
+    vocab = Vocab.from_counts([f"w{k}" for k in range(11)])
+    save(model, tmp_path, vocab)
+    loaded, loaded_vocab = load(tmp_path)
+    assert loaded.config == model.config and loaded_vocab.words == vocab.words
+    a, _ = model(mx.array(IDS))
+    b, _ = loaded(mx.array(IDS))
+    np.testing.assert_array_equal(np.array(a), np.array(b))
+    assert not list(tmp_path.glob(".tmp-*"))  # no temporary files left behind
+
+
+def test_bad_run_dirs_give_one_line_errors(tmp_path):
+    with pytest.raises(EdgeRNNError, match="not a run directory"):
+        load(tmp_path)
+    model = random_model()
+    save(model, tmp_path, Vocab.from_counts(["a", "b"]))  # 2 words but the model has 11
+    with pytest.raises(EdgeRNNError, match="do not belong together"):
+        load(tmp_path)
+    save(model, tmp_path, Vocab.from_counts([f"w{k}" for k in range(11)]))
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(EdgeRNNError, match="damaged"):
+        load(tmp_path)
+    weights.unlink()
+    with pytest.raises(EdgeRNNError, match="no weights"):
+        load(tmp_path)
+
+
+def test_config_validation():
+    with pytest.raises(EdgeRNNError, match="unknown cell"):
+        ModelConfig(cell="transformer")
+    with pytest.raises(EdgeRNNError, match="unknown model config keys: colour"):
+        ModelConfig.from_dict({"cell": "gru", "colour": "red"})
+    cfg = ModelConfig(cell="cifg", layers=3)
+    assert ModelConfig.from_dict(__import__("json").loads(cfg.to_json())) == cfg
