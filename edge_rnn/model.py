@@ -6,6 +6,7 @@ A run directory holds everything needed to rebuild a model exactly:
     weights.safetensors MLX's own safetensors writer, never pickle
     vocab.json          input symbols and output words (edge_rnn.vocab)
     metrics.jsonl       one JSON object per logged training/validation event
+    train.json          training settings, written by edge_rnn.train
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from edge_rnn.vocab import N_SYMBOLS, PAD, UNK, Vocab
 
 TASKS = ("autocomplete", "charlm")
 CONFIG, WEIGHTS, VOCAB, METRICS = "config.json", "weights.safetensors", "vocab.json", "metrics.jsonl"
+TRAIN = "train.json"  # the training settings (corpus, seed, ...): how to rebuild the run's data
 
 
 @dataclass

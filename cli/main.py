@@ -1,0 +1,197 @@
+"""The ``edge-rnn`` command line: parse, call one library function, show the result.
+
+Every command turns the library's ``EdgeRNNError`` (bad input, missing or corrupt files) into one
+line on stderr and exit status 1; heavy imports happen inside commands so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cli.show import completions_table, console, err_console, key_value_table, metrics_table, training_progress
+
+app = typer.Typer(
+    help="Train small recurrent language models with MLX and ship them as per-keystroke "
+         "autocomplete step functions (ONNX, Core ML).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+DEMO_PROMPTS = ["the capital of fra", "maria was born in spain so she speaks sp", "the ", "he went to the"]
+
+
+@app.command()
+def train(
+    cell: Optional[str] = typer.Option(None, help="Recurrent cell: rnn, gru, lstm, cifg (coupled-gate LSTM) or nlstm (Nested LSTM)."),
+    preset: Optional[str] = typer.Option(None, help="Named configuration from models/ (e.g. tiny, edge-gru, article-nlstm); flags override it."),
+    layers: Optional[int] = typer.Option(None, help="Number of stacked recurrent layers."),
+    units: Optional[int] = typer.Option(None, help="Hidden units per layer."),
+    depth: Optional[int] = typer.Option(None, help="Nesting depth of the Nested LSTM (>= 2)."),
+    embed_dim: Optional[int] = typer.Option(None, help="Size of the character embedding."),
+    vocab_size: Optional[int] = typer.Option(None, help="Output words: the N most frequent words of the training split."),
+    corpus: str = typer.Option("text8", help="'text8' (downloaded once, checksum-verified, cached), 'demo' (built in, offline) or a path to a UTF-8 text file."),
+    task: Optional[str] = typer.Option(None, help="'autocomplete' (predict the word being typed) or 'charlm' (next character, bits per char)."),
+    steps: int = typer.Option(2000, help="Total optimisation steps (with --resume: the new total)."),
+    batch_size: int = typer.Option(64, help="Observations (of at most 200 characters) per step."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    clip: Optional[float] = typer.Option(None, help="Clip the global gradient norm to this value (off by default, as in the article)."),
+    eval_every: int = typer.Option(250, help="Validate and checkpoint every N steps."),
+    seed: int = typer.Option(0, help="Seed for initialisation, data split and batch order."),
+    autodiff: bool = typer.Option(False, help="Use MLX autodiff instead of the cells' hand-written backward (reference path)."),
+    out: Optional[Path] = typer.Option(None, help="Run directory to create (default: runs/<preset or cell>-<time>)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+):
+    """Train a model and write a run directory (config, weights, vocabulary, metrics)."""
+    from edge_rnn.train import TrainConfig
+    from edge_rnn.train import train as run_training
+
+    model_config = _model_config(cell, preset, layers, units, depth, embed_dim, vocab_size, task)
+    if out is None:
+        if resume:
+            raise _fail("--resume needs --out RUN_DIR")
+        out = Path("runs") / f"{preset or model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = TrainConfig(corpus=corpus, steps=steps, batch_size=batch_size, lr=lr, clip=clip,
+                         eval_every=eval_every, seed=seed, autodiff=autodiff)
+    console.print(f"training [bold]{model_config.cell}[/] {model_config.layers}x{model_config.units} "
+                  f"on {corpus!r} -> {out}")
+    with training_progress(steps) as hook:
+        final = run_training(model_config, config, out, resume=resume, progress=hook)
+    console.print(metrics_table(f"validation after {final['steps']} steps", {"valid": final}))
+    console.print(f"run saved in [bold]{out}[/]")
+
+
+def _model_config(cell, preset, layers, units, depth, embed_dim, vocab_size, task):
+    from dataclasses import asdict
+
+    from edge_rnn.model import ModelConfig, load_preset
+
+    base = asdict(load_preset(preset)) if preset else {}
+    given = dict(cell=cell, layers=layers, units=units, depth=depth, embed_dim=embed_dim,
+                 vocab_size=vocab_size, task=task)
+    return ModelConfig.from_dict({**base, **{k: v for k, v in given.items() if v is not None}})
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help="A run directory written by 'edge-rnn train'."),
+    split: str = typer.Option("test", help="Which split to evaluate: train, valid or test."),
+    batch_size: int = typer.Option(64, help="Batch size (does not change the numbers)."),
+):
+    """Evaluate a run on its held-out data: cross-entropy, top-1/top-3 (and BPC for charlm)."""
+    from edge_rnn.evaluate import evaluate_run
+
+    result = evaluate_run(run_dir, split, batch_size)
+    console.print(metrics_table(f"{run_dir} on {split}", {k: v for k, v in result.items()}))
+
+
+@app.command()
+def info(run_dir: Path = typer.Argument(..., help="A run directory written by 'edge-rnn train'.")):
+    """Show a run's architecture, size, vocabulary and latest metrics."""
+    import json
+
+    from edge_rnn.model import METRICS, load
+
+    model, vocab = load(run_dir)
+    cfg = model.config
+    items = {"cell": cfg.cell, "layers x units": f"{cfg.layers} x {cfg.units}", "task": cfg.task,
+             "embedding": cfg.embed_dim, "outputs": cfg.n_outputs,
+             "recurrent parameters": model.recurrent_parameters(), "parameters": model.num_parameters()}
+    if cfg.cell == "nlstm":
+        items["depth"] = cfg.depth
+    console.print(key_value_table(str(run_dir), items))
+    metrics = Path(run_dir) / METRICS
+    if metrics.is_file():
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        valid = [r for r in records if r.get("split") == "valid"]
+        if valid:
+            console.print(metrics_table(f"latest validation (step {valid[-1]['step']})", {"valid": valid[-1]}))
+
+
+@app.command()
+def complete(
+    args: List[str] = typer.Argument(..., help="RUN_DIR TEXT, or just TEXT with --bundle."),
+    bundle: Optional[Path] = typer.Option(None, help="Use an exported bundle (ONNX) instead of a run directory."),
+    top_k: int = typer.Option(3, help="How many suggestions to show."),
+):
+    """Suggest completions of the word being typed, e.g. [bold]edge-rnn complete runs/x "the capital of fra"[/]."""
+    from edge_rnn.runtime import open_session
+
+    if bundle is None and len(args) != 2:
+        raise _fail("give RUN_DIR and TEXT (or --bundle DIR and TEXT)")
+    if bundle is not None and len(args) != 1:
+        raise _fail("with --bundle give only TEXT")
+    source, text = (bundle, args[0]) if bundle is not None else (Path(args[0]), args[1])
+    words = open_session(source).complete(text, top_k)
+    console.print(completions_table([(text, words)]))
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by 'edge-rnn train'."),
+    format: str = typer.Option("onnx", "--format", help="onnx or coreml."),
+    out: Optional[Path] = typer.Option(None, help="Bundle directory to write (default: bundles/<run>-<format>)."),
+    top_k: int = typer.Option(3, help="Suggestions the step function returns."),
+    coreml_state: str = typer.Option("io", help="Core ML only: 'io' (state as inputs/outputs, iOS 15+) or 'mlstate' (Core ML states, iOS 18+)."),
+    precision: str = typer.Option("fp32", help="fp32 or fp16 (Core ML: fp16 compute, head and softmax kept in fp32)."),
+    force: bool = typer.Option(False, help="Replace an existing non-empty output directory."),
+):
+    """Export a trained model as an app bundle: step-function model, vocab.json, manifest.json."""
+    from edge_rnn.export.bundle import export_bundle
+
+    out = out or Path("bundles") / f"{Path(run_dir).name}-{format}"
+    path = export_bundle(run_dir, out, fmt=format, top_k=top_k, coreml_state=coreml_state,
+                         precision=precision, force=force, with_log_probs=True)
+    console.print(f"bundle written to [bold]{path}[/]")
+
+
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), help="Where to put the run (replaced if it exists)."),
+    steps: int = typer.Option(600, help="Training steps (the default takes a few minutes on 2 CPU cores)."),
+):
+    """The main job end to end, offline: train a small model on the built-in demo corpus,
+    evaluate it against the most-frequent-word baseline and show completions."""
+    import shutil
+
+    from edge_rnn.evaluate import evaluate_run
+    from edge_rnn.model import load_preset
+    from edge_rnn.runtime import open_session
+    from edge_rnn.train import TrainConfig
+    from edge_rnn.train import train as run_training
+
+    shutil.rmtree(out, ignore_errors=True)
+    console.rule("1. train: tiny GRU on the built-in demo corpus")
+    config = TrainConfig(corpus="demo", steps=steps, batch_size=32, lr=3e-3, eval_every=200)
+    with training_progress(steps) as hook:
+        run_training(load_preset("tiny"), config, out, progress=hook)
+    console.rule("2. evaluate on the held-out test split")
+    console.print(metrics_table("test split", evaluate_run(out, "test")))
+    console.rule("3. complete")
+    session = open_session(out)
+    console.print(completions_table([(p, session.complete(p, 3)) for p in DEMO_PROMPTS]))
+    console.print(f"run saved in [bold]{out}[/]; try: edge-rnn complete {out} \"the capital of ger\"")
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/] {message}")
+    return typer.Exit(2)
+
+
+def main() -> None:
+    """Console entry point: library errors become one line and exit status 1, never a traceback."""
+    from edge_rnn.io import EdgeRNNError
+
+    try:
+        app()
+    except EdgeRNNError as err:
+        err_console.print(f"[red]error:[/] {err}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,72 @@
+"""Rich rendering for the CLI: progress bars and tables. No library logic lives here."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def training_progress(total: int, start: int = 0) -> Iterator:
+    """A bar with loss, accuracy and characters/second; yields the ``progress(step, stats)`` hook."""
+    columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}  {task.fields[cps]:,.0f} chars/s"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("train", total=total, completed=start, loss=float("nan"), acc=0.0, cps=0.0)
+
+        def hook(step: int, stats: dict) -> None:
+            bar.update(task, completed=step, loss=stats["loss"], acc=stats["acc"], cps=stats["chars_per_s"])
+            if "valid" in stats:
+                v = stats["valid"]
+                extra = f"bpc {v['bpc']:.3f}" if "bpc" in v else f"top-3 {v['top3']:.1%}"
+                bar.console.print(f"  step {step:>6}  valid ce {v['ce']:.3f}  top-1 {v['top1']:.1%}  {extra}")
+
+        yield hook
+
+
+def metrics_table(title: str, rows: dict[str, dict]) -> Table:
+    """One row per split/model, with the metric conventions in the caption."""
+    table = Table(title=title, caption="ce: nats over loss tokens (no pad/unk); top-k: all classes, unk = miss")
+    keys = [k for k in ("ce", "bpc", "top1", "top3", "top1_known", "unk_rate", "tokens") if any(k in r for r in rows.values())]
+    table.add_column("")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, r in rows.items():
+        table.add_row(name, *[_fmt(k, r.get(k)) for k in keys])
+    return table
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key in ("top1", "top3", "top1_known", "unk_rate"):
+        return f"{value:.2%}"
+    if key == "tokens":
+        return f"{value:,}"
+    return f"{value:.4f}"
+
+
+def completions_table(rows: list[tuple[str, list[tuple[str, float]]]]) -> Table:
+    table = Table(title="completions", show_lines=False)
+    table.add_column("typed")
+    table.add_column("suggestions (probability)")
+    for typed, words in rows:
+        table.add_row(repr(typed), "   ".join(f"[bold]{w}[/] {p:.1%}" for w, p in words) or "-")
+    return table
+
+
+def key_value_table(title: str, items: dict) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in items.items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    return table
