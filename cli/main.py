@@ -42,6 +42,7 @@ def train(
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     clip: Optional[float] = typer.Option(None, help="Clip the global gradient norm to this value (off by default, as in the article)."),
     eval_every: int = typer.Option(250, help="Validate and checkpoint every N steps."),
+    minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes of training even if --steps is not reached."),
     seed: int = typer.Option(0, help="Seed for initialisation, data split and batch order."),
     autodiff: bool = typer.Option(False, help="Use MLX autodiff instead of the cells' hand-written backward (reference path)."),
     out: Optional[Path] = typer.Option(None, help="Run directory to create (default: runs/<preset or cell>-<time>)."),
@@ -57,7 +58,7 @@ def train(
             raise _fail("--resume needs --out RUN_DIR")
         out = Path("runs") / f"{preset or model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = TrainConfig(corpus=corpus, steps=steps, batch_size=batch_size, lr=lr, clip=clip,
-                         eval_every=eval_every, seed=seed, autodiff=autodiff)
+                         eval_every=eval_every, seed=seed, autodiff=autodiff, minutes=minutes)
     console.print(f"training [bold]{model_config.cell}[/] {model_config.layers}x{model_config.units} "
                   f"on {corpus!r} -> {out}")
     with training_progress(steps) as hook:
@@ -179,7 +180,7 @@ def quickstart(
 
 
 def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[red]error:[/] {message}")
+    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -190,7 +191,7 @@ def main() -> None:
     try:
         app()
     except EdgeRNNError as err:
-        err_console.print(f"[red]error:[/] {err}", highlight=False)
+        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")

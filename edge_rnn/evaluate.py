@@ -58,16 +58,16 @@ def evaluate(model: RNNModel, data: Dataset, batch_size: int = 64, max_batches: 
             break
         sums += np.array(_batch_sums(model, mx.array(ids), mx.array(targets)), dtype=np.float64)
     ce_sum, n_loss, n_valid, n_unk, top1, top3 = sums
-    ce = ce_sum / max(n_loss, 1)
+    ce = float(ce_sum / max(n_loss, 1))
     metrics = {
         "ce": ce,
-        "top1": top1 / max(n_valid, 1),
-        "top3": top3 / max(n_valid, 1),
+        "top1": float(top1 / max(n_valid, 1)),
+        "top3": float(top3 / max(n_valid, 1)),
         "tokens": int(n_valid),
     }
     if model.config.task == "autocomplete":
-        metrics["top1_known"] = top1 / max(n_valid - n_unk, 1)
-        metrics["unk_rate"] = n_unk / max(n_valid, 1)
+        metrics["top1_known"] = float(top1 / max(n_valid - n_unk, 1))
+        metrics["unk_rate"] = float(n_unk / max(n_valid, 1))
     else:
         metrics["bpc"] = ce / math.log(2)
     return metrics

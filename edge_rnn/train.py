@@ -46,6 +46,7 @@ class TrainConfig:
     max_len: int = 200
     seed: int = 0
     autodiff: bool = False  # use MLX autodiff instead of the cells' hand-written backward
+    minutes: float | None = None  # stop early after this much training time (a fixed budget)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -148,10 +149,27 @@ def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resum
     return model, optimizer, splits, config, start
 
 
+class Window:
+    """Running training statistics since the last validation (what the progress bar shows)."""
+
+    def __init__(self):
+        self.loss = self.tokens = self.hits = self.chars = 0.0
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: mx.array, n: mx.array, hits: mx.array, ids: np.ndarray) -> dict:
+        self.loss += float(loss) * float(n)
+        self.tokens += float(n)
+        self.hits += float(hits)
+        self.chars += int((ids != 0).sum())
+        return {"loss": self.loss / self.tokens, "acc": self.hits / self.tokens,
+                "chars_per_s": self.chars / max(time.perf_counter() - self.t0, 1e-9)}
+
+
 def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume: bool = False,
           progress: Callable[[int, dict], None] | None = None) -> dict:
     """Train (or resume) a run; returns the final validation metrics.
 
+    Stops after ``config.steps`` steps or ``config.minutes`` of training, whichever comes first.
     ``progress(step, stats)`` is called after every step (the CLI draws its bar with it).
     """
     run_dir = Path(run_dir)
@@ -159,29 +177,23 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
     if start >= config.steps:
         raise EdgeRNNError(f"{run_dir} already reached step {start}; pass a larger --steps to continue")
     step_fn = make_step(model, optimizer, config.clip)
-    window = {"loss": 0.0, "n": 0.0, "hits": 0.0, "chars": 0, "t0": time.perf_counter()}
-    stats: dict = {}
-    valid: dict = {}
-    for step in range(start, config.steps):
-        ids, targets = batch_at(splits.train, step, config.batch_size, config.seed, config.max_len)
+    deadline = time.perf_counter() + 60 * config.minutes if config.minutes else float("inf")
+    window, valid = Window(), {}
+    for step in range(start + 1, config.steps + 1):
+        ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
         loss, n, hits = step_fn(mx.array(ids), mx.array(targets))
-        mx.eval(loss, n, hits)
-        window["loss"] += float(loss) * float(n)
-        window["n"] += float(n)
-        window["hits"] += float(hits)
-        window["chars"] += int((ids != 0).sum())
-        elapsed = time.perf_counter() - window["t0"]
-        stats = {"loss": window["loss"] / window["n"], "acc": window["hits"] / window["n"],
-                 "chars_per_s": window["chars"] / max(elapsed, 1e-9)}
+        stats = window.add(loss, n, hits, ids)
         if progress:
-            progress(step + 1, stats)
-        last = step + 1 == config.steps
-        if (step + 1) % config.eval_every == 0 or last:
-            _log(run_dir, {"step": step + 1, "split": "train", **stats})
+            progress(step, stats)
+        last = step == config.steps or time.perf_counter() > deadline
+        if step % config.eval_every == 0 or last:
+            _log(run_dir, {"step": step, "split": "train", **stats})
             valid = evaluate(model, splits.valid, config.batch_size, None if last else config.eval_batches)
-            _log(run_dir, {"step": step + 1, "split": "valid", **valid})
-            save_checkpoint(run_dir, model, optimizer, step + 1, splits)
-            window = {"loss": 0.0, "n": 0.0, "hits": 0.0, "chars": 0, "t0": time.perf_counter()}
+            _log(run_dir, {"step": step, "split": "valid", **valid})
+            save_checkpoint(run_dir, model, optimizer, step, splits)
+            window = Window()
             if progress:
-                progress(step + 1, {**stats, "valid": valid})
-    return {**valid, "steps": config.steps, "vocab_size": model.config.vocab_size}
+                progress(step, {**stats, "valid": valid})
+        if last:
+            break
+    return {**valid, "steps": step, "vocab_size": model.config.vocab_size}

@@ -15,22 +15,6 @@ from edge_rnn.model import ModelConfig, RNNModel, load, load_preset
 from edge_rnn.train import TrainConfig, batch_at, train
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A small demo corpus written to disk: also exercises the plain-text-file corpus path."""
-    path = tmp_path_factory.mktemp("corpus") / "demo.txt"
-    path.write_text(demo_corpus(n_sentences=3000, seed=1))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, corpus):
-    run = tmp_path_factory.mktemp("run") / "tiny"
-    config = TrainConfig(corpus=corpus, steps=150, batch_size=16, lr=1e-2, eval_every=75, seed=0)
-    final = train(load_preset("tiny"), config, run)
-    return run, final
-
-
 def test_tiny_model_learns_far_beyond_the_most_frequent_word(trained):
     run, _ = trained
     result = evaluate_run(run, "test")

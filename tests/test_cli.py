@@ -1,0 +1,80 @@
+"""The command line as a user meets it: help text, one-line errors, the commands end to end."""
+
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = ["train", "eval", "info", "complete", "export", "quickstart"]
+
+
+def edge_rnn(*args, cwd=None):
+    """Run the installed console entry point's code in a fresh interpreter, like a user would."""
+    return subprocess.run([sys.executable, "-c", "from cli.main import main; main()", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_of_every_command():
+    top = edge_rnn("--help")
+    assert top.returncode == 0
+    for command in COMMANDS:
+        assert command in top.stdout
+        result = edge_rnn(command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert "Usage" in result.stdout
+    assert "Nested LSTM" in edge_rnn("train", "--help").stdout
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["train", "--cell", "transformer", "--corpus", "demo"], ["unknown cell 'transformer'"]),
+    (["train", "--cell", "gru", "--corpus", "/no/such/file.txt"], ["/no/such/file.txt"]),
+    (["train", "--preset", "huge"], ["unknown preset 'huge'"]),
+    (["eval", "/no/such/run"], ["not a run directory"]),
+    (["info", "/no/such/run"], ["not a run directory"]),
+    (["complete", "/no/such/run", "the cap"], ["/no/such/run"]),
+])
+def test_bad_input_is_one_line(args, fragments, tmp_path):
+    assert_one_line_error(edge_rnn(*args, cwd=tmp_path), *fragments)
+
+
+def test_text_without_usable_characters(tmp_path):
+    path = tmp_path / "digits.txt"
+    path.write_text("1234 5678 !!! ???\n")
+    assert_one_line_error(edge_rnn("train", "--cell", "gru", "--corpus", path, "--out", tmp_path / "r"),
+                          "no usable characters")
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_info_eval_and_complete_on_a_trained_run(trained):
+    run, _ = trained
+    info = edge_rnn("info", run)
+    assert info.returncode == 0, info.stderr
+    assert "gru" in info.stdout and "1 x 64" in info.stdout
+    ev = edge_rnn("eval", run, "--split", "valid")
+    assert ev.returncode == 0, ev.stderr
+    assert "top1" in ev.stdout
+    done = edge_rnn("complete", run, "the capital of egy", "--top-k", "3")
+    assert done.returncode == 0, done.stderr
+    assert "egypt" in done.stdout
+
+
+def test_train_cli_writes_a_run_and_resumes(tmp_path, corpus):
+    out = tmp_path / "run"
+    first = edge_rnn("train", "--preset", "tiny", "--corpus", corpus, "--steps", "4", "--batch-size", "4",
+                     "--eval-every", "2", "--out", out)
+    assert first.returncode == 0, first.stderr
+    assert (out / "weights.safetensors").is_file()
+    again = edge_rnn("train", "--preset", "tiny", "--corpus", corpus, "--steps", "4", "--out", out)
+    assert_one_line_error(again, "already holds a run")
+    more = edge_rnn("train", "--out", out, "--resume", "--steps", "6", "--eval-every", "2")
+    assert more.returncode == 0, more.stderr
+    assert '"step": 6' in (out / "checkpoint" / "step.json").read_text()
