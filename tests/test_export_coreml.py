@@ -32,7 +32,8 @@ import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
 from edge_rnn.export import coreml as coreml_export
-from edge_rnn.export.coreml import MODEL_FILE, _state_names, export_coreml
+from edge_rnn.export.bundle import state_names
+from edge_rnn.export.coreml import MODEL_FILE, export_coreml
 from edge_rnn.export.mil_eval import MILFormatError, MILProgram, UnsupportedOpError
 from edge_rnn.io import EdgeRNNError
 from edge_rnn.model import ModelConfig, RNNModel
@@ -162,7 +163,7 @@ def probs_at_top_ids(got: dict, probs: np.ndarray) -> np.ndarray:
 def test_fp32_io_matches_mlx_step(case, exported):
     prog, _, _ = exported(case, "io", "fp32")
     probs, states = mlx_stream(case)
-    got = coreml_stream(prog, _state_names(make_model(*case).config), "io")
+    got = coreml_stream(prog, state_names(make_model(*case).config), "io")
     np.testing.assert_allclose(got["probs"], probs, atol=FP32_TOL, rtol=0)
     np.testing.assert_array_equal(got["top_ids"], np.argsort(-probs, axis=1, kind="stable")[:, :TOP_K])
     np.testing.assert_allclose(got["top_probs"], probs_at_top_ids(got, probs), atol=FP32_TOL)
@@ -174,7 +175,7 @@ def test_fp32_mlstate_matches_mlx_within_fp16_state_rounding(case, exported):
     """fp32 compute, fp16 state buffers: the only deviation is rounding the stored state."""
     prog, _, _ = exported(case, "mlstate", "fp32")
     probs, states = mlx_stream(case)
-    got = coreml_stream(prog, _state_names(make_model(*case).config), "mlstate")
+    got = coreml_stream(prog, state_names(make_model(*case).config), "mlstate")
     assert all(s.dtype == np.float16 for s in prog.make_state().values())
     np.testing.assert_allclose(got["states"], states, atol=S_TOL16 * max(1.0, np.abs(states).max()), rtol=0)
     np.testing.assert_allclose(got["probs"], probs, atol=P_TOL16, rtol=0)
@@ -196,7 +197,7 @@ def check_top1_under_fp16(got: dict, probs: np.ndarray) -> None:
 def test_fp16_matches_mlx_within_tolerance(case, form, exported):
     prog, _, _ = exported(case, form, "fp16")
     probs, states = mlx_stream(case)
-    got = coreml_stream(prog, _state_names(make_model(*case).config), form)
+    got = coreml_stream(prog, state_names(make_model(*case).config), form)
     np.testing.assert_allclose(got["states"], states, atol=S_TOL16 * max(1.0, np.abs(states).max()), rtol=0)
     np.testing.assert_allclose(got["probs"], probs, atol=P_TOL16, rtol=0)
     check_top1_under_fp16(got, probs)
@@ -293,7 +294,7 @@ def test_corrupting_one_weight_byte_changes_the_outputs(exported, tmp_path):
     data = bytearray(weights.read_bytes())
     data[head_weight_blob(bad)[1] + 3] ^= 0x40  # exponent bits of the head's first weight
     weights.write_bytes(bytes(data))
-    names = _state_names(make_model(*case).config)
+    names = state_names(make_model(*case).config)
     good = coreml_stream(MILProgram.load(path), names, "io")
     corrupted = coreml_stream(MILProgram.load(bad), names, "io")
     assert np.abs(corrupted["probs"] - good["probs"]).max() > 1e-3
@@ -391,7 +392,7 @@ def test_io_interface_follows_the_contract(exported):
     case = ("nlstm", 1, 3)
     _, manifest, path = exported(case, "io", "fp32")
     names = ["l0_h", "l0_c0", "l0_c1", "l0_c2"]
-    assert _state_names(make_model(*case).config) == names
+    assert state_names(make_model(*case).config) == names
     desc = load_spec(path).description
     assert [f.name for f in desc.input] == ["char", *names]
     next_names = [f"{n}_next" for n in names]

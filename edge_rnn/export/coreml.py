@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from edge_rnn.export.bundle import state_names
 from edge_rnn.io import EdgeRNNError
 
 if TYPE_CHECKING:  # model.py imports MLX; the annotations need not
@@ -52,16 +53,6 @@ HEAD = "head_"  # name prefix of the ops kept in fp32 under fp16 precision
 ANE_MULTIPLE = 32  # Neural Engine state dims (coremltools #2631)
 
 Params = dict[str, np.ndarray]
-
-
-# ---- the step function's names ------------------------------------------------------------------
-
-
-def _state_names(config: ModelConfig) -> list[str]:
-    """State tensor names, layer by layer, ``h`` first: the contract shared with the ONNX export."""
-    per_layer = {"rnn": ["h"], "gru": ["h"], "lstm": ["h", "c"], "cifg": ["h", "c"],
-                 "nlstm": ["h"] + [f"c{d}" for d in range(config.depth)]}[config.cell]
-    return [f"l{layer}_{s}" for layer in range(config.layers) for s in per_layer]
 
 
 def _numpy_params(model: RNNModel) -> Params:
@@ -246,7 +237,7 @@ def _build_program(model: RNNModel, top_k: int, state: str, with_log_probs: bool
     from coremltools.converters.mil.mil import Function, Program, types
 
     cfg, params = model.config, _numpy_params(model)
-    names = _state_names(cfg)
+    names = state_names(cfg)
     H = cfg.units
     if state == "io":
         state_specs = [mb.TensorSpec((1, H), dtype=types.fp32) for _ in names]
@@ -378,7 +369,7 @@ def export_coreml(model: RNNModel, out_dir: Path, top_k: int = 3, state: str = "
     out_dir.mkdir(parents=True, exist_ok=True)
     prog = _build_program(model, top_k, state, with_log_probs)
     mlmodel = _convert(prog, state, precision)
-    names = _state_names(model.config)
+    names = state_names(model.config)
     _describe(mlmodel, model.config, top_k, state, precision, names)
     _save(mlmodel, out_dir / MODEL_FILE)
     desc = mlmodel.get_spec().description

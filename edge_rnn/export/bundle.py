@@ -1,0 +1,192 @@
+"""The bundle: everything an app needs to run a model, and nothing from edge-rnn itself.
+
+    model.onnx / prefill.onnx   (or model.mlpackage)  the step function (and sequence prefill)
+    vocab.json                  input symbols and output words, in id order
+    manifest.json               architecture, input/output and state layout, text normalisation,
+                                top_k, sha256 and size of every file, the source run's metrics
+
+The step function's contract is shared by every exporter. Inputs: ``char`` int32 ``[batch]``, then
+every recurrent state ``float32 [batch, H]`` in ``state_names`` order. Outputs: ``top_ids`` int32
+``[batch, k]``, ``top_probs`` float32 ``[batch, k]`` (softmax over *all* outputs, sorted
+descending, <pad> and <unk> included: an app filters them), optionally ``log_probs`` float32
+``[batch, V]``, then each next state as ``<state name>_next`` in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edge_rnn import __version__
+from edge_rnn.io import EdgeRNNError, atomic_dir, sha256_file
+from edge_rnn.model import METRICS, ModelConfig, load
+from edge_rnn.vocab import PAD, SYMBOLS, UNK, Vocab
+
+FORMAT_VERSION = 1
+MANIFEST, VOCAB = "manifest.json", "vocab.json"
+FORMATS = ("onnx", "coreml")
+PRECISIONS = ("fp32", "fp16")
+
+# How an app must turn typed text into input symbols: what training saw (text8-style text).
+TEXT_RULES = {
+    "lowercase": "ascii",  # A-Z -> a-z only
+    "keep": "abcdefghijklmnopqrstuvwxyz",
+    "other_chars": "space",  # every other character (digits, accented letters...) becomes a space
+    "collapse_spaces": True,  # ... and runs of spaces become one
+    "leading_space": True,  # every training sequence starts with a space: feed one first
+    "symbols": SYMBOLS,  # symbol id = index; <pad> (0) is never typed
+}
+
+
+def state_names(config: ModelConfig) -> list[str]:
+    """Recurrent state tensors in contract order: per layer ``h`` first, then the memories."""
+    if config.cell in ("rnn", "gru"):
+        per_layer = ["h"]
+    elif config.cell in ("lstm", "cifg"):
+        per_layer = ["h", "c"]
+    else:  # Nested LSTM: one memory per depth
+        per_layer = ["h"] + [f"c{d}" for d in range(config.depth)]
+    return [f"l{layer}_{s}" for layer in range(config.layers) for s in per_layer]
+
+
+def state_layout(config: ModelConfig) -> list[dict]:
+    """The state names with shape and meaning, for the manifest (an app allocates these)."""
+    def meaning(suffix: str) -> str:
+        if suffix == "h":
+            return "hidden output h (input to the next layer / the head)"
+        if suffix == "c":
+            return "LSTM memory c"
+        return f"Nested LSTM memory at depth {suffix[1:]} (c_{suffix[1:]})"
+
+    return [{"name": name, "dtype": "float32", "shape": ["batch", config.units],
+             "layer": int(name[1:name.index("_")]), "meaning": meaning(name.split("_", 1)[1])}
+            for name in state_names(config)]
+
+
+def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 3,
+                  coreml_state: str = "io", precision: str = "fp32", force: bool = False,
+                  with_log_probs: bool = False) -> Path:
+    """Export the run in ``run_dir`` as a bundle in ``out_dir``, atomically.
+
+    The bundle is built in a temporary sibling folder and renamed into place only when complete,
+    so a failure at any point leaves no half bundle (and an existing one untouched).
+    """
+    if fmt not in FORMATS:
+        raise EdgeRNNError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if precision not in PRECISIONS:
+        raise EdgeRNNError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model, vocab = load(run_dir)
+    labels = _output_labels(model.config, vocab, run_dir)
+    with atomic_dir(out_dir, force=force) as tmp:
+        fragment = _export_model(model, tmp, fmt, top_k, coreml_state, precision, with_log_probs)
+        (tmp / VOCAB).write_text(json.dumps(labels.to_json()))
+        manifest = _manifest(model.config, fmt, top_k, fragment, run_dir)
+        manifest["files"] = _file_digests(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out_dir
+
+
+def _output_labels(config: ModelConfig, vocab: Vocab | None, run_dir: Path) -> Vocab:
+    """The run's vocabulary; a char LM needs none (its outputs are the input symbols)."""
+    if vocab is not None:
+        return vocab
+    if config.task == "charlm":
+        return Vocab.from_counts([])
+    raise EdgeRNNError(f"{run_dir} has no vocab.json; an autocomplete bundle needs its words")
+
+
+def _export_model(model, out: Path, fmt: str, top_k: int, coreml_state: str, precision: str,
+                  with_log_probs: bool) -> dict:
+    """Write the model files for one target; imports each exporter only when it is used."""
+    if fmt == "onnx":
+        from edge_rnn.export.onnx import export_onnx
+
+        return export_onnx(model, out, top_k=top_k, with_log_probs=with_log_probs, precision=precision)
+    from edge_rnn.export.coreml import export_coreml
+
+    return export_coreml(model, out, top_k=top_k, state=coreml_state, precision=precision,
+                         with_log_probs=with_log_probs)
+
+
+def _manifest(config: ModelConfig, fmt: str, top_k: int, fragment: dict, run_dir: Path) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_by": f"edge-rnn {__version__}",
+        "target": fmt,
+        "model": {"cell": config.cell, "layers": config.layers, "units": config.units,
+                  "depth": config.depth if config.cell == "nlstm" else None,
+                  "embed_dim": config.embed_dim, "task": config.task,
+                  "vocab_size": config.vocab_size, "n_outputs": config.n_outputs},
+        "outputs_are": "words" if config.task == "autocomplete" else "symbols",
+        "special_outputs": {"<pad>": PAD, "<unk>": UNK} if config.task == "autocomplete" else {"<pad>": PAD},
+        "special_outputs_note": "top_ids/top_probs rank all outputs, special ones included; "
+                                "an app skips them when it shows suggestions",
+        "top_k": top_k,
+        "inputs": fragment.get("inputs"),
+        "outputs": fragment.get("outputs"),
+        "state": state_layout(config),
+        "text": TEXT_RULES,
+        "export": {k: v for k, v in fragment.items() if k not in ("inputs", "outputs")},
+        "source": {"run": Path(run_dir).name, "metrics": read_run_metrics(run_dir)},
+    }
+
+
+def _file_digests(root: Path) -> dict[str, dict]:
+    """sha256 and size of every file under ``root`` (an .mlpackage is a folder: each file in it)."""
+    return {path.relative_to(root).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            for path in sorted(root.rglob("*")) if path.is_file() and path.name != MANIFEST}
+
+
+def read_run_metrics(run_dir: Path) -> dict:
+    """The final evaluation record and the last record of ``metrics.jsonl``; {} if there is none.
+
+    Tolerant by design: a bundle must not fail because a training log is absent or was cut short.
+    """
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return {}
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    if not records:
+        return {}
+    evals = [r for r in records if _is_eval(r)]
+    return {"final_eval": evals[-1] if evals else None, "last": records[-1]}
+
+
+def _is_eval(record: dict) -> bool:
+    tags = " ".join(str(record.get(k, "")) for k in ("event", "kind", "type", "split", "phase"))
+    return any(word in tags for word in ("eval", "valid", "test"))
+
+
+def read_manifest(bundle_dir: Path) -> dict:
+    """Load a bundle's manifest and verify every file it lists (size and sha256)."""
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST
+    if not path.is_file():
+        raise EdgeRNNError(f"{bundle_dir} is not a bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise EdgeRNNError(f"{path} is not valid JSON: {err}") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise EdgeRNNError(f"{path}: bundle format version {version!r} is not supported "
+                           f"(this edge-rnn reads up to {FORMAT_VERSION})")
+    for name, entry in manifest.get("files", {}).items():
+        _verify_file(bundle_dir, name, entry)
+    return manifest
+
+
+def _verify_file(bundle_dir: Path, name: str, entry: dict) -> None:
+    path = bundle_dir / name
+    if not path.is_file():
+        raise EdgeRNNError(f"bundle {bundle_dir}: {name} is missing")
+    if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
+        raise EdgeRNNError(f"bundle {bundle_dir}: {name} is damaged or was changed (sha256 mismatch)")

@@ -1,0 +1,480 @@
+"""ONNX export: the model as a per-keystroke step graph plus a sequence prefill graph.
+
+Graphs are written node by node with ``onnx.helper`` from the trained weights; nothing is traced.
+Each cell's graph sits beside its equations below, with the names of ``edge_rnn.cells``
+(``i, f, g, o, h, c``); the gate pre-activations use the same weight layout (``Wx (I, G*H)``,
+``Wh (H, G*H)``, ``b (G*H)``), so a graph can be read against the MLX cell line by line.
+
+Two ways to run a cell:
+
+- ``matmul``: ``Gemm``/``MatMul`` plus ``Sigmoid``/``Tanh``/``Mul``/``Add`` (every cell; the only
+  way for the Nested LSTM, which has no ONNX operator);
+- ``native``: ONNX's ``RNN``/``GRU``/``LSTM`` operators (GRU with ``linear_before_reset=1``, our
+  reset-after GRU; CIFG as ``LSTM`` with ``input_forget=1``, which ONNX Runtime computes as
+  ``f = 1 - sigmoid(i)``, our coupling). Their gate orders differ from ours (GRU ``zrh``, LSTM
+  ``iofc``): the weights are re-blocked at export.
+
+``DEFAULT_IMPL`` holds the faster of the two per cell, as measured by ``scripts/bench_onnx_cells.py``
+(ONNX Runtime, 1 thread, batch 1).
+
+The first layer's input projection is folded into the embedding: ``table Wx + b`` is a
+``(28, G*H)`` table, so one ``Gather`` replaces a gather and a matmul per keystroke (and the
+table is smaller than the embedding plus ``Wx`` whenever ``E > 28``). Row 0 (<pad>) of the
+embedding is zero, so its folded row is ``b``.
+
+The top-k runs over all outputs, <pad> and <unk> included; the app (or ``edge_rnn.runtime``)
+filters them. Nothing is masked in the graph, so ``top_probs`` are true softmax probabilities.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from mlx.utils import tree_flatten
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_rnn import __version__
+from edge_rnn.export.bundle import FORMAT_VERSION, state_names
+from edge_rnn.io import EdgeRNNError, atomic_path
+from edge_rnn.model import RNNModel
+
+OPSET = 18  # for Split(num_outputs=...); ONNX Runtime 1.14+ (native and web)
+IR_VERSION = 8  # the lowest IR that carries opset 18: readable by older runtimes
+STEP_FILE, PREFILL_FILE = "model.onnx", "prefill.onnx"
+IMPLS = ("matmul", "native")
+NATIVE_CELLS = ("rnn", "gru", "lstm", "cifg")
+# Measured with scripts/bench_onnx_cells.py (ONNX Runtime 1.32, 1 thread, batch 1, 2 layers,
+# H = 128..600, on a shared 2-core x86 VM, so +-20 %): per keystroke the matmul form is as fast as
+# the native operators at H = 256 and 1.5-2.7x faster at H = 600 (it skips the first layer's input
+# matmul, folded into the embedding, and the native ops' Unsqueeze/Squeeze). Over a sequence the
+# native GRU/LSTM operators beat Scan's per-step overhead by 1.2-2x at H <= 256 (the edge presets);
+# at H = 600 Scan is on par or faster (pass impl="matmul" there). The plain RNN is faster as a
+# Scan at every size. The Nested LSTM has no native operator.
+DEFAULT_IMPL = {
+    "step": {"rnn": "matmul", "gru": "matmul", "lstm": "matmul", "cifg": "matmul", "nlstm": "matmul"},
+    "prefill": {"rnn": "matmul", "gru": "native", "lstm": "native", "cifg": "native", "nlstm": "matmul"},
+}
+
+
+# ---- a tiny graph builder ----------------------------------------------------------------------
+
+class Graph:
+    """Nodes in order plus the weights they read.
+
+    A Scan body is a child ``Graph``: it shares its parent's weights and name counter, since an
+    ONNX subgraph may read outer-scope values (each weight is stored once).
+    """
+
+    def __init__(self, parent: "Graph | None" = None):
+        self.nodes: list[onnx.NodeProto] = []
+        self.root = parent.root if parent else self
+        if parent is None:
+            self.initializers: dict[str, onnx.TensorProto] = {}
+            self.counter = itertools.count()
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        """Register a constant once (float32, or int64 for shapes/axes) and return its name."""
+        inits = self.root.initializers
+        if name not in inits:
+            dtype = np.int64 if np.asarray(array).dtype.kind in "iu" else np.float32
+            inits[name] = numpy_helper.from_array(np.ascontiguousarray(array, dtype=dtype), name)
+        return name
+
+    def ops(self, op_type: str, *inputs: str, n_out: int, **attrs) -> list[str]:
+        """A node with ``n_out`` outputs; returns their names."""
+        outs = [f"{op_type.lower()}_{next(self.root.counter)}" for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=outs[0], **attrs))
+        return outs
+
+    def op(self, op_type: str, *inputs: str, **attrs) -> str:
+        return self.ops(op_type, *inputs, n_out=1, **attrs)[0]
+
+    def rename(self, old: str, new: str) -> None:
+        """Give an intermediate value its contract name (a graph output), wherever it is used."""
+        for node in self.nodes:
+            node.input[:] = [new if v == old else v for v in node.input]
+            node.output[:] = [new if v == old else v for v in node.output]
+
+    # the vocabulary the cells are written in
+    def add(self, a, b): return self.op("Add", a, b)
+    def sub(self, a, b): return self.op("Sub", a, b)
+    def mul(self, a, b): return self.op("Mul", a, b)
+    def sigmoid(self, x): return self.op("Sigmoid", x)
+    def tanh(self, x): return self.op("Tanh", x)
+
+    def gemm(self, x: str, w: str, c: str) -> str:
+        """``x @ w + c`` for 2-D ``x``, in one node (``c`` a bias or a whole ``[B, N]`` term)."""
+        return self.op("Gemm", x, w, c)
+
+    def split(self, x: str, n: int) -> list[str]:
+        """The ``n`` gate blocks of a ``[..., n*H]`` pre-activation."""
+        return self.ops("Split", x, n_out=n, axis=-1, num_outputs=n) if n > 1 else [x]
+
+    def one(self) -> str:
+        return self.weight("one", np.array(1.0))
+
+
+class Weights:
+    """One layer's NumPy arrays; each enters the graph on first use, under ``l{layer}.{key}``."""
+
+    def __init__(self, graph: Graph, prefix: str, arrays: dict[str, np.ndarray]):
+        self.graph, self.prefix, self.arrays = graph, prefix, arrays
+
+    def __getitem__(self, key: str) -> str:
+        return self.graph.weight(f"{self.prefix}.{key}", self.arrays[key])
+
+
+# ---- the cells, matmul form: ``xp = x Wx + b`` is computed by the caller ------------------------
+
+def rnn_recur(g: Graph, w: Weights, xp: str, state: list[str]) -> tuple[str, list[str]]:
+    """h = tanh(x Wx + b + h Wh)"""
+    (h,) = state
+    h = g.tanh(g.gemm(h, w["Wh"], xp))
+    return h, [h]
+
+
+def gru_recur(g: Graph, w: Weights, xp: str, state: list[str]) -> tuple[str, list[str]]:
+    """Reset-after GRU; ``bh = [0, 0, bhn]`` puts ``bhn`` inside the reset product::
+
+        r = sigmoid(x Wxr + h Whr + br)
+        z = sigmoid(x Wxz + h Whz + bz)
+        n = tanh(x Wxn + bn + r * (h Whn + bhn))
+        h = (1 - z) * n + z * h
+    """
+    (h,) = state
+    xr, xz, xn = g.split(xp, 3)
+    hr, hz, hn = g.split(g.gemm(h, w["Wh"], w["bh"]), 3)
+    r = g.sigmoid(g.add(xr, hr))
+    z = g.sigmoid(g.add(xz, hz))
+    n = g.tanh(g.add(xn, g.mul(r, hn)))
+    h = g.add(g.mul(g.sub(g.one(), z), n), g.mul(z, h))
+    return h, [h]
+
+
+def lstm_recur(g: Graph, w: Weights, xp: str, state: list[str]) -> tuple[str, list[str]]:
+    """c = sigmoid(f) * c + sigmoid(i) * tanh(g);  h = sigmoid(o) * tanh(c)"""
+    h, c = state
+    i, f, gg, o = g.split(g.gemm(h, w["Wh"], xp), 4)
+    c = g.add(g.mul(g.sigmoid(f), c), g.mul(g.sigmoid(i), g.tanh(gg)))
+    h = g.mul(g.sigmoid(o), g.tanh(c))
+    return h, [h, c]
+
+
+def cifg_recur(g: Graph, w: Weights, xp: str, state: list[str]) -> tuple[str, list[str]]:
+    """i = sigmoid(i);  c = (1 - i) * c + i * tanh(g);  h = sigmoid(o) * tanh(c)"""
+    h, c = state
+    i, gg, o = g.split(g.gemm(h, w["Wh"], xp), 3)
+    i = g.sigmoid(i)
+    c = g.add(g.mul(g.sub(g.one(), i), c), g.mul(i, g.tanh(gg)))
+    h = g.mul(g.sigmoid(o), g.tanh(c))
+    return h, [h, c]
+
+
+def nlstm_recur(g: Graph, w: Weights, xp: str, state: list[str]) -> tuple[str, list[str]]:
+    """Nested LSTM: state ``(h, c_0, ..., c_{D-1})``; see ``_nlstm_level``."""
+    h, *cs = state
+    h, *cs = _nlstm_level(g, w, 0, g.gemm(h, w["Wh"], xp), cs)
+    return h, [h, *cs]
+
+
+def _nlstm_level(g: Graph, w: Weights, d: int, gates: str, cs: list[str]) -> list[str]:
+    """Level ``d`` from its gate pre-activations -> ``[h_d, c_d, c_{d+1}, ...]``::
+
+        h~ = sigmoid(f) * c_d                          # inner hidden
+        x~ = sigmoid(i) * g        (d = 0: identity)   # inner input
+             sigmoid(i) * tanh(g)  (d > 0)
+        c_d = h~ + x~                      if d is the innermost level
+            = level d+1 run on (x~, h~)    otherwise
+        h_d = sigmoid(o) * tanh(c_d)
+    """
+    i, f, gg, o = g.split(gates, 4)
+    h_inner = g.mul(g.sigmoid(f), cs[d])
+    x_inner = g.mul(g.sigmoid(i), gg if d == 0 else g.tanh(gg))
+    if d == len(cs) - 1:
+        deeper = [g.add(h_inner, x_inner)]
+    else:
+        inner = g.gemm(x_inner, w[f"inner.{d}.Wx"], g.gemm(h_inner, w[f"inner.{d}.Wh"], w[f"inner.{d}.b"]))
+        deeper = _nlstm_level(g, w, d + 1, inner, cs)
+    c = deeper[0]
+    return [g.mul(g.sigmoid(o), g.tanh(c)), c, *deeper[1:]]
+
+
+RECUR = {"rnn": rnn_recur, "gru": gru_recur, "lstm": lstm_recur, "cifg": cifg_recur, "nlstm": nlstm_recur}
+
+
+# ---- the cells, native form: ONNX RNN/GRU/LSTM over a time-major sequence ------------------------
+
+def _reblock(a: np.ndarray, ours: str, theirs: str, zero: str = "") -> np.ndarray:
+    """Reorder the gate blocks of ``a``'s last axis from our order to ONNX's; ``zero`` gates that
+    ONNX wants but we do not have (CIFG's forget gate) are zero blocks."""
+    blocks = dict(zip(ours, np.split(a, len(ours), axis=-1)))
+    like = next(iter(blocks.values()))
+    return np.concatenate([np.zeros_like(like) if k in zero else blocks[k] for k in theirs], axis=-1)
+
+
+def native_arrays(cell: str, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """W ``[1, G*H, I]``, R ``[1, G*H, H]``, B ``[1, 2*G*H]`` in ONNX's gate order."""
+    H = p["Wh"].shape[0]
+    ours, theirs, zero = {"rnn": ("g", "g", ""), "gru": ("rzn", "zrn", ""),
+                          "lstm": ("ifgo", "iofg", ""), "cifg": ("igo", "iofg", "f")}[cell]
+    Wb = _reblock(p["b"], ours, theirs, zero)
+    Rb = np.zeros_like(Wb)
+    if cell == "gru":
+        Rb[2 * H :] = p["bhn"]  # Rbh: added inside the reset product (linear_before_reset=1)
+    return {"W": _reblock(p["Wx"], ours, theirs, zero).T[None],
+            "R": _reblock(p["Wh"], ours, theirs, zero).T[None],
+            "B": np.concatenate([Wb, Rb])[None]}
+
+
+def native_layer(g: Graph, w: Weights, cell: str, X: str, state: list[str],
+                 want_y: bool = True) -> tuple[str | None, list[str]]:
+    """``X [T, B, I]`` -> ``Y [T, B, H]`` (if wanted) and the final states ``[B, H]``."""
+    H = w.arrays["Wh"].shape[0]
+    axis0 = g.weight("axis0", np.array([0]))
+    init = [g.op("Unsqueeze", s, axis0) for s in state]
+    op_type, attrs = {"rnn": ("RNN", {}), "gru": ("GRU", {"linear_before_reset": 1}),
+                      "lstm": ("LSTM", {}), "cifg": ("LSTM", {"input_forget": 1})}[cell]
+    outs = g.ops(op_type, X, w["W"], w["R"], w["B"], "", *init, n_out=1 + len(state),
+                hidden_size=H, **attrs)
+    Y = None
+    if want_y:  # [T, 1, B, H] -> [T, B, H]
+        Y = g.op("Squeeze", outs[0], g.weight("axis1", np.array([1])))
+    else:  # an unnamed output is not computed
+        g.nodes[-1].output[0] = ""
+    return Y, [g.op("Squeeze", s, axis0) for s in outs[1:]]
+
+
+def native_step(g: Graph, w: Weights, cell: str, x: str, state: list[str]) -> tuple[str, list[str]]:
+    """One step as a length-1 sequence; ``h`` is the layer output."""
+    X = g.op("Unsqueeze", x, g.weight("axis0", np.array([0])))
+    _, new = native_layer(g, w, cell, X, state, want_y=False)
+    return new[0], new
+
+
+# ---- weights -------------------------------------------------------------------------------------
+
+def model_arrays(model: RNNModel) -> dict[str, np.ndarray]:
+    """Every parameter as float64 NumPy (derived tables are computed in float64, stored float32)."""
+    return {k: np.array(v, dtype=np.float64) for k, v in tree_flatten(model.parameters())}
+
+
+def layer_arrays(params: dict[str, np.ndarray], layer: int, cell: str) -> dict[str, np.ndarray]:
+    """One layer's parameters plus the derived arrays its graphs use."""
+    prefix = f"layers.{layer}."
+    p = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+    if cell == "gru":
+        H = p["Wh"].shape[0]
+        p["bh"] = np.concatenate([np.zeros(2 * H), p["bhn"]])
+    if layer == 0:  # embedding folded into the first projection (module docstring)
+        table = np.concatenate([np.zeros((1, params["embedding"].shape[1])), params["embedding"]])
+        p["table"] = table
+        p["table_x"] = table @ p["Wx"] + p["b"]
+    if cell in NATIVE_CELLS:
+        p.update(native_arrays(cell, p))
+    return p
+
+
+# ---- graphs --------------------------------------------------------------------------------------
+
+def _value(name: str, elem: int, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _io_spec(values: list[onnx.ValueInfoProto]) -> list[dict]:
+    """Names, dtypes and shapes (symbolic dims as strings) for the manifest."""
+    def dim(d):
+        return d.dim_param if d.dim_param else d.dim_value
+
+    return [{"name": v.name, "dtype": helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+             "shape": [dim(d) for d in v.type.tensor_type.shape.dim]} for v in values]
+
+
+def _layer_states(config, names: list[str]) -> list[list[str]]:
+    per = len(names) // config.layers
+    return [names[k * per : (k + 1) * per] for k in range(config.layers)]
+
+
+def head(g: Graph, params: dict, h: str, top_k: int, with_log_probs: bool) -> list[str]:
+    """logits = h W^T + b -> softmax -> top-k (ids as int32), and optionally log-softmax."""
+    w = Weights(g, "head", {"Wt": params["head.weight"].T, "b": params["head.bias"]})
+    logits = g.gemm(h, w["Wt"], w["b"])
+    probs = g.op("Softmax", logits, axis=-1)
+    top_probs, top_ids64 = g.ops("TopK", probs, g.weight("k", np.array([top_k])), n_out=2,
+                                axis=-1, largest=1, sorted=1)
+    outs = {"top_ids": g.op("Cast", top_ids64, to=TensorProto.INT32), "top_probs": top_probs}
+    if with_log_probs:
+        outs["log_probs"] = g.op("LogSoftmax", logits, axis=-1)
+    for name, value in outs.items():
+        g.rename(value, name)
+    return list(outs)
+
+
+def _head_outputs(config, top_k: int, with_log_probs: bool) -> list[onnx.ValueInfoProto]:
+    outs = [_value("top_ids", TensorProto.INT32, ["batch", top_k]),
+            _value("top_probs", TensorProto.FLOAT, ["batch", top_k])]
+    if with_log_probs:
+        outs.append(_value("log_probs", TensorProto.FLOAT, ["batch", config.n_outputs]))
+    return outs
+
+
+def _state_values(config, suffix: str = "") -> list[onnx.ValueInfoProto]:
+    return [_value(n + suffix, TensorProto.FLOAT, ["batch", config.units]) for n in state_names(config)]
+
+
+def _finish(g: Graph, name: str, chars: onnx.ValueInfoProto, h: str, new_states: list[str], config,
+            params: dict, top_k: int, with_log_probs: bool) -> onnx.GraphProto:
+    """Add the head on ``h``, give the next states their contract names, wrap up the graph."""
+    head(g, params, h, top_k, with_log_probs)
+    for value, state in zip(new_states, state_names(config)):
+        g.rename(value, f"{state}_next")
+    inputs = [chars] + _state_values(config)
+    outputs = _head_outputs(config, top_k, with_log_probs) + _state_values(config, "_next")
+    return helper.make_graph(g.nodes, name, inputs, outputs, list(g.initializers.values()))
+
+
+def step_graph(model: RNNModel, top_k: int, with_log_probs: bool, impl: str) -> onnx.GraphProto:
+    """One keystroke: ``char`` and the states in, top-k (+ log-probs) and the next states out."""
+    config, params = model.config, model_arrays(model)
+    g = Graph()
+    x, new_states = "char", []
+    for layer, state in enumerate(_layer_states(config, state_names(config))):
+        w = Weights(g, f"l{layer}", layer_arrays(params, layer, config.cell))
+        if impl == "native":
+            x_in = g.op("Gather", w["table"], x) if layer == 0 else x
+            x, new = native_step(g, w, config.cell, x_in, state)
+        else:
+            xp = g.op("Gather", w["table_x"], x) if layer == 0 else g.gemm(x, w["Wx"], w["b"])
+            x, new = RECUR[config.cell](g, w, xp, state)
+        new_states += new
+    char = _value("char", TensorProto.INT32, ["batch"])
+    return _finish(g, "edge_rnn_step", char, x, new_states, model.config, params, top_k, with_log_probs)
+
+
+def scan_layer(g: Graph, w: Weights, cell: str, xp: str, state: list[str], H: int,
+               want_hs: bool) -> tuple[str | None, list[str]]:
+    """Run a cell's recurrence over ``xp [T, B, G*H]`` with ``Scan`` (time-major, axis 0)."""
+    body = Graph(g)
+    b_state = [f"s{k}" for k in range(len(state))]
+    h, new = RECUR[cell](body, w, "xp_t", b_state)
+    out_names = [f"s{k}_next" for k in range(len(new))]
+    for value, name in zip(new, out_names):
+        body.rename(value, name)
+    b_outputs = [_value(n, TensorProto.FLOAT, ["batch", H]) for n in out_names]
+    if want_hs:
+        body.nodes.append(helper.make_node("Identity", [out_names[0]], ["h_t"], name="h_t"))
+        b_outputs.append(_value("h_t", TensorProto.FLOAT, ["batch", H]))
+    G = w.arrays["Wh"].shape[1]
+    b_inputs = [_value(n, TensorProto.FLOAT, ["batch", H]) for n in b_state]
+    b_inputs.append(_value("xp_t", TensorProto.FLOAT, ["batch", G]))
+    graph = helper.make_graph(body.nodes, f"{w.prefix}_scan", b_inputs, b_outputs)
+    outs = g.ops("Scan", *state, xp, n_out=len(b_outputs), body=graph, num_scan_inputs=1)
+    return (outs[-1] if want_hs else None), outs[: len(state)]
+
+
+def prefill_graph(model: RNNModel, top_k: int, with_log_probs: bool, impl: str) -> onnx.GraphProto:
+    """A whole string at once: ``chars [batch, time]`` and the states in, the final states (and
+    the top-k after the last character) out. Equal to streaming the step graph over ``chars``.
+
+    Layer by layer, time-major: a layer's input projection runs for all steps in one matmul and
+    only the recurrence loops (``Scan``, or the native sequence operator).
+
+    ``time`` must be >= 1 (``min_time`` in the manifest): on an empty sequence ONNX Runtime 1.32's
+    ``Scan`` fails, its ``LSTM``/``RNN`` return zeros instead of the input state, and its ``GRU``
+    aborts the process. Prefilling nothing means keeping the state; the caller skips the call.
+    """
+    config, params = model.config, model_arrays(model)
+    H, cell = config.units, config.cell
+    g = Graph()
+    chars_tm = g.op("Transpose", "chars", perm=[1, 0])
+    x, new_states = None, []
+    for layer, state in enumerate(_layer_states(config, state_names(config))):
+        w = Weights(g, f"l{layer}", layer_arrays(params, layer, cell))
+        last = layer == config.layers - 1
+        if impl == "native":
+            X = g.op("Gather", w["table"], chars_tm) if layer == 0 else x
+            x, new = native_layer(g, w, cell, X, state, want_y=not last)
+        else:
+            xp = (g.op("Gather", w["table_x"], chars_tm) if layer == 0
+                  else g.add(g.op("MatMul", x, w["Wx"]), w["b"]))
+            x, new = scan_layer(g, w, cell, xp, state, H, want_hs=not last)
+        new_states += new
+    chars = _value("chars", TensorProto.INT32, ["batch", "time"])
+    h_last = new_states[-len(state)]  # the last layer's final h
+    return _finish(g, "edge_rnn_prefill", chars, h_last, new_states, config, params, top_k, with_log_probs)
+
+
+# ---- models and files ----------------------------------------------------------------------------
+
+def _make_model(graph: onnx.GraphProto, metadata: dict[str, str]) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="edge-rnn", producer_version=__version__)
+    model.ir_version = IR_VERSION
+    helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _metadata(config, top_k: int, with_log_probs: bool, graph: str, impl: str) -> dict[str, str]:
+    """The manifest's key fields, so a lone .onnx file still says what it is."""
+    return {"edge_rnn.format_version": str(FORMAT_VERSION), "edge_rnn.graph": graph,
+            "edge_rnn.cell": config.cell, "edge_rnn.layers": str(config.layers),
+            "edge_rnn.units": str(config.units), "edge_rnn.depth": str(config.depth),
+            "edge_rnn.embed_dim": str(config.embed_dim), "edge_rnn.task": config.task,
+            "edge_rnn.vocab_size": str(config.vocab_size), "edge_rnn.n_outputs": str(config.n_outputs),
+            "edge_rnn.top_k": str(top_k), "edge_rnn.with_log_probs": json.dumps(with_log_probs),
+            "edge_rnn.implementation": impl, "edge_rnn.state_names": json.dumps(state_names(config))}
+
+
+def resolve_impl(cell: str, graph: str, impl: str | None) -> str:
+    """``None`` -> the measured default; ``native`` falls back to matmul for the Nested LSTM."""
+    if impl is None:
+        return DEFAULT_IMPL[graph][cell]
+    if impl not in IMPLS:
+        raise EdgeRNNError(f"unknown ONNX cell implementation {impl!r}; choose one of: {', '.join(IMPLS)}")
+    return impl if cell in NATIVE_CELLS else "matmul"
+
+
+def build_models(model: RNNModel, top_k: int = 3, with_log_probs: bool = False,
+                 impl: str | None = None) -> dict[str, onnx.ModelProto]:
+    """The checked step and prefill models, in memory (the benchmark uses this directly)."""
+    config = model.config
+    if not 1 <= top_k <= config.n_outputs:
+        raise EdgeRNNError(f"top_k must be between 1 and {config.n_outputs}, got {top_k}")
+    models = {}
+    for name, build in (("step", step_graph), ("prefill", prefill_graph)):
+        chosen = resolve_impl(config.cell, name, impl)
+        models[name] = _make_model(build(model, top_k, with_log_probs, chosen),
+                                   _metadata(config, top_k, with_log_probs, name, chosen))
+    return models
+
+
+def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: bool = False,
+                precision: str = "fp32", *, impl: str | None = None) -> dict:
+    """Write ``model.onnx`` (step) and ``prefill.onnx`` into ``out_dir``; return the manifest
+    fragment: files, ``model`` (the step graph's file, as in the Core ML fragment), opset, the step
+    graph's inputs/outputs, the prefill graph's, and which cell form each graph uses.
+
+    ``impl`` ("matmul" or "native") overrides ``DEFAULT_IMPL`` for both graphs (benchmarks, tests).
+    """
+    if precision != "fp32":
+        raise EdgeRNNError("fp16 ONNX export not supported; use edge-rnn quantize")
+    models = build_models(model, top_k, with_log_probs, impl)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, file in (("step", STEP_FILE), ("prefill", PREFILL_FILE)):
+        with atomic_path(out_dir / file) as tmp:
+            onnx.save(models[name], str(tmp))
+    step, prefill = models["step"].graph, models["prefill"].graph
+    return {
+        "format": "onnx", "opset": OPSET, "ir_version": IR_VERSION, "precision": precision,
+        "files": [STEP_FILE, PREFILL_FILE], "model": STEP_FILE,
+        "inputs": _io_spec(list(step.input)), "outputs": _io_spec(list(step.output)),
+        "prefill": {"file": PREFILL_FILE, "inputs": _io_spec(list(prefill.input)),
+                    "outputs": _io_spec(list(prefill.output)), "min_time": 1},
+        "with_log_probs": with_log_probs,
+        "implementation": {name: resolve_impl(model.config.cell, name, impl) for name in models},
+    }
