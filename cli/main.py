@@ -13,6 +13,8 @@ from typing import List, Optional
 
 import typer
 
+from cli.bench import bench
+from cli.quantize import quantize
 from cli.show import completions_table, console, err_console, key_value_table, metrics_table, training_progress
 
 app = typer.Typer(
@@ -177,6 +179,10 @@ def quickstart(
     session = open_session(out)
     console.print(completions_table([(p, session.complete(p, 3)) for p in DEMO_PROMPTS]))
     console.print(f"run saved in [bold]{out}[/]; try: edge-rnn complete {out} \"the capital of ger\"")
+
+
+app.command()(quantize)
+app.command()(bench)
 
 
 def _fail(message: str) -> typer.Exit:
