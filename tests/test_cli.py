@@ -78,3 +78,18 @@ def test_train_cli_writes_a_run_and_resumes(tmp_path, corpus):
     more = edge_rnn("train", "--out", out, "--resume", "--steps", "6", "--eval-every", "2")
     assert more.returncode == 0, more.stderr
     assert '"step": 6' in (out / "checkpoint" / "step.json").read_text()
+
+
+def test_export_and_complete_from_the_bundle_agree_with_the_run(trained, tmp_path):
+    run, _ = trained
+    bundle = tmp_path / "bundle"
+    exported = edge_rnn("export", run, "--format", "onnx", "--out", bundle)
+    assert exported.returncode == 0, exported.stderr
+    assert (bundle / "manifest.json").is_file() and (bundle / "vocab.json").is_file()
+    for text in ("the capital of egy", "she speaks ", "olivia grew up in hel"):
+        from_run = edge_rnn("complete", run, text, "--top-k", "5")
+        from_bundle = edge_rnn("complete", text, "--bundle", bundle, "--top-k", "5")
+        assert from_run.returncode == 0 and from_bundle.returncode == 0, from_bundle.stderr
+        assert from_run.stdout == from_bundle.stdout
+    again = edge_rnn("export", run, "--format", "onnx", "--out", bundle)
+    assert_one_line_error(again, "not empty")
