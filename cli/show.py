@@ -14,22 +14,37 @@ err_console = Console(stderr=True)
 
 
 @contextmanager
-def training_progress(total: int, start: int = 0) -> Iterator:
-    """A bar with loss, accuracy and characters/second; yields the ``progress(step, stats)`` hook."""
+def training_progress(total: int) -> Iterator:
+    """A bar with loss, accuracy and characters/second; yields the ``progress(step, stats)`` hook.
+
+    Until the first step a spinner says the data is being prepared (text8 takes ~20 s), so an
+    error while loading the corpus is not printed under an empty bar.
+    """
     columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}  {task.fields[cps]:,.0f} chars/s"),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("train", total=total, completed=start, loss=float("nan"), acc=0.0, cps=0.0)
+    bar = Progress(*columns, console=console)
+    status = console.status("preparing data and model...")
+    status.start()
+    task = None
 
-        def hook(step: int, stats: dict) -> None:
-            bar.update(task, completed=step, loss=stats["loss"], acc=stats["acc"], cps=stats["chars_per_s"])
-            if "valid" in stats:
-                v = stats["valid"]
-                extra = f"bpc {v['bpc']:.3f}" if "bpc" in v else f"top-3 {v['top3']:.1%}"
-                bar.console.print(f"  step {step:>6}  valid ce {v['ce']:.3f}  top-1 {v['top1']:.1%}  {extra}")
+    def hook(step: int, stats: dict) -> None:
+        nonlocal task
+        if task is None:
+            status.stop()
+            bar.start()
+            task = bar.add_task("train", total=total, completed=step - 1, loss=0.0, acc=0.0, cps=0.0)
+        bar.update(task, completed=step, loss=stats["loss"], acc=stats["acc"], cps=stats["chars_per_s"])
+        if "valid" in stats:
+            v = stats["valid"]
+            extra = f"bpc {v['bpc']:.3f}" if "bpc" in v else f"top-3 {v['top3']:.1%}"
+            bar.console.print(f"  step {step:>6}  valid ce {v['ce']:.3f}  top-1 {v['top1']:.1%}  {extra}")
 
+    try:
         yield hook
+    finally:
+        status.stop()
+        bar.stop()
 
 
 def metrics_table(title: str, rows: dict[str, dict]) -> Table:
