@@ -143,13 +143,15 @@ def export(
     coreml_state: str = typer.Option("io", help="Core ML only: 'io' (state as inputs/outputs, iOS 15+) or 'mlstate' (Core ML states, iOS 18+)."),
     precision: str = typer.Option("fp32", help="fp32 or fp16 (Core ML: fp16 compute, head and softmax kept in fp32)."),
     force: bool = typer.Option(False, help="Replace an existing non-empty output directory."),
+    prefix_head: bool = typer.Option(False, "--prefix-head", help="ONNX only: order the words alphabetically and compute only the rows of the typed prefix (a 'range' input); suggestions equal the full head's, probabilities are renormalised over the prefix. Without it the bundle also outputs log_probs over every word."),
 ):
     """Export a trained model as an app bundle: step-function model, vocab.json, manifest.json."""
     from edge_rnn.export.bundle import export_bundle
 
     out = out or Path("bundles") / f"{Path(run_dir).name}-{format}"
     path = export_bundle(run_dir, out, fmt=format, top_k=top_k, coreml_state=coreml_state,
-                         precision=precision, force=force, with_log_probs=True)
+                         precision=precision, force=force, with_log_probs=not prefix_head,
+                         prefix_head=prefix_head)
     console.print(f"bundle written to [bold]{path}[/]")
 
 
@@ -159,7 +161,8 @@ def quickstart(
     steps: int = typer.Option(600, help="Training steps (the default takes a few minutes on 2 CPU cores)."),
 ):
     """The main job end to end, offline: train a small model on the built-in demo corpus,
-    evaluate it against the most-frequent-word baseline and show completions."""
+    evaluate it against the most-frequent-word baseline, show completions, then export it as an
+    ONNX bundle, check the bundle completes the same, and time its keystrokes."""
     import shutil
 
     from edge_rnn.evaluate import evaluate_run
@@ -177,8 +180,36 @@ def quickstart(
     console.print(metrics_table("test split", evaluate_run(out, "test")))
     console.rule("3. complete")
     session = open_session(out)
-    console.print(completions_table([(p, session.complete(p, 3)) for p in DEMO_PROMPTS]))
-    console.print(f"run saved in [bold]{out}[/]; try: edge-rnn complete {out} \"the capital of ger\"")
+    from_run = [(p, session.complete(p, 3)) for p in DEMO_PROMPTS]
+    console.print(completions_table(from_run))
+    bundle = _quickstart_bundle(out, from_run)
+    console.print(f"run saved in [bold]{out}[/], bundle in [bold]{bundle}[/]; try: "
+                  f"edge-rnn complete --bundle {bundle} \"the capital of ger\"")
+
+
+def _quickstart_bundle(run: Path, from_run: list) -> Path:
+    """Quickstart's last steps: export the run as an ONNX bundle (as ``edge-rnn export`` does),
+    show that the bundle suggests what the run does, and time a few hundred keystrokes of it."""
+    import numpy as np
+
+    from cli.bench import bench_table
+    from edge_rnn.bench import run_bench
+    from edge_rnn.export.bundle import export_bundle
+    from edge_rnn.runtime import open_session
+
+    bundle = run.with_name(run.name + "-onnx")
+    console.rule("4. export an ONNX bundle and complete from it")
+    export_bundle(run, bundle, force=True, with_log_probs=True)
+    session = open_session(bundle)
+    from_bundle = [(p, session.complete(p, 3)) for p in DEMO_PROMPTS]
+    console.print(completions_table(from_bundle))
+    same = all([w for w, _ in a] == [w for w, _ in b] and np.allclose([q for _, q in a], [q for _, q in b], atol=1e-5)
+               for (_, a), (_, b) in zip(from_run, from_bundle))
+    console.print("edge-rnn complete --bundle gives the run's suggestions: same words, same order, same "
+                  "probabilities" if same else "[red]the bundle's suggestions differ from the run's[/]")
+    console.rule("5. bench: per-keystroke latency of the bundle (ONNX Runtime, 1 thread)")
+    console.print(bench_table(run_bench(bundle, steps=300, warmup=50)))
+    return bundle
 
 
 app.command()(quantize)

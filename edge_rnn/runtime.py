@@ -9,10 +9,18 @@ Suggestions for a partly typed word come from the full distribution when the bac
 or an ONNX bundle exported ``with_log_probs``): the most probable words that start with the typed
 prefix, <pad> and <unk> excluded. Without it, only the graph's top-k ids can be filtered.
 Probabilities are the model's own (not renormalised over the matching words).
+
+A bundle with the prefix-range head (``edge_rnn.export.onnx``) computes only the rows of the words
+that start with the typed prefix: every step passes the backend the prefix as it stands after the
+keystroke, and the backend turns it into an id range by bisection over the sorted words. Its
+top-k are then the prefix-filtered suggestions (same words, same order as the full head's filtered
+distribution, barring exact float32 ties there: ``edge_rnn.export.onnx``), with probabilities
+conditional on the prefix (renormalised over it).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +68,31 @@ class Backend(Protocol):
 
     def initial_state(self) -> Any: ...
 
-    def step(self, char_id: int, state: Any) -> tuple[StepOutput, Any]: ...
+    def step(self, char_id: int, state: Any, prefix: str = "") -> tuple[StepOutput, Any]:
+        """One keystroke. ``prefix``: the typed part of the current word after it ("" at a word
+        boundary); a prefix-range head computes only those words, other backends ignore it."""
+        ...
+
+
+def prefix_range(sorted_words: list[str], prefix: str, offset: int = 2) -> tuple[int, int]:
+    """``[start, end)`` of the ids of the words starting with ``prefix``, for a vocabulary whose
+    ids ``offset`` onwards are ``sorted_words``; every word for an empty prefix, ``start == end``
+    when none matches. '{' follows 'z', so ``prefix + '{'`` bounds every a-z continuation."""
+    if not prefix:
+        return offset, offset + len(sorted_words)
+    lo = bisect.bisect_left(sorted_words, prefix)
+    hi = bisect.bisect_left(sorted_words, prefix + "{", lo)
+    return offset + lo, offset + hi
+
+
+def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
+    """``np.argsort(-scores, kind="stable")[:k]`` in O(V) instead of O(V log V): a keystroke must
+    not pay for sorting 10,000 words. Ties at the cut keep the lowest ids, as the stable sort does."""
+    if k >= scores.size:
+        return np.argsort(-scores, kind="stable")
+    cut = np.partition(scores, scores.size - k)[scores.size - k]  # the k-th largest value
+    candidates = np.flatnonzero(scores >= cut)  # k or more (ties), in id order
+    return candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
 
 
 def _labels(task: str, words: list[str]) -> list[str]:
@@ -86,13 +118,13 @@ class MLXBackend:
     def initial_state(self) -> Any:
         return self.model.initial_state(1)
 
-    def step(self, char_id: int, state: Any) -> tuple[StepOutput, Any]:
+    def step(self, char_id: int, state: Any, prefix: str = "") -> tuple[StepOutput, Any]:
         mx = self._mx
         logits, state = self.model.step(mx.array([char_id], dtype=mx.int32), state)
         log_probs = logits[0] - mx.logsumexp(logits[0])
         mx.eval(log_probs, state)
         log_probs = np.array(log_probs)
-        top = np.argsort(-log_probs, kind="stable")[: self.top_k]
+        top = top_k_stable(log_probs, self.top_k)
         return StepOutput(top, np.exp(log_probs[top]), log_probs), state
 
 
@@ -113,6 +145,8 @@ class ONNXBackend:
         self.labels = _labels(self.task, json.loads((bundle_dir / VOCAB).read_text())["words"])
         self.state_names = [s["name"] for s in manifest["state"]]
         self.units = manifest["model"]["units"]
+        self.prefix_head = bool(manifest["export"].get("prefix_head"))
+        self.sorted_words = self._sorted_words(bundle_dir) if self.prefix_head else []
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1  # a keyboard has one core
         path = bundle_dir / manifest["export"]["model"]
@@ -122,8 +156,22 @@ class ONNXBackend:
     def initial_state(self) -> list[np.ndarray]:
         return [np.zeros((1, self.units), np.float32) for _ in self.state_names]
 
-    def step(self, char_id: int, state: list[np.ndarray]) -> tuple[StepOutput, list[np.ndarray]]:
+    def _sorted_words(self, bundle_dir: Path) -> list[str]:
+        """The words of a prefix-range head, which must be sorted for the ranges to hold."""
+        words = self.labels[2:]
+        if any(a >= b for a, b in zip(words, words[1:])):
+            raise EdgeRNNError(f"{bundle_dir}: the prefix-range head needs vocab.json's words sorted "
+                               "alphabetically; this one is not (re-export the bundle)")
+        return words
+
+    def range(self, prefix: str) -> np.ndarray:
+        """The ``range`` input of a prefix-range head for the typed ``prefix``."""
+        return np.array(prefix_range(self.sorted_words, prefix), np.int32)
+
+    def step(self, char_id: int, state: list[np.ndarray], prefix: str = "") -> tuple[StepOutput, list[np.ndarray]]:
         feed = {"char": np.array([char_id], np.int32), **dict(zip(self.state_names, state))}
+        if self.prefix_head:
+            feed["range"] = self.range(prefix)
         out = dict(zip(self.output_names, self.session.run(None, feed)))
         log_probs = out["log_probs"][0] if "log_probs" in out else None
         new_state = [out[f"{name}_next"] for name in self.state_names]
@@ -163,9 +211,17 @@ class Session:
         """One keystroke by symbol id -> the model's top-k ids and probabilities (all outputs)."""
         if not 0 <= char_id < len(SYMBOLS):
             raise EdgeRNNError(f"symbol id must be in 0..{len(SYMBOLS) - 1}, got {char_id}")
-        self.last, self.state = self.backend.step(char_id, self.state)
-        self.typed += SYMBOLS[char_id] if char_id != PAD else ""
+        typed = self.typed + (SYMBOLS[char_id] if char_id != PAD else "")
+        self.last, self.state = self.backend.step(char_id, self.state, self._word(typed))
+        self.typed = typed
         return self.last.top_ids, self.last.top_probs
+
+    def prefix(self) -> str:
+        """The typed part of the current word ("" right after a space): what suggestions match."""
+        return self._word(self.typed)
+
+    def _word(self, typed: str) -> str:
+        return typed.rsplit(" ", 1)[-1] if self.backend.task == "autocomplete" else ""
 
     def suggest(self, k: int = 3) -> list[tuple[str, float]]:
         """Up to ``k`` (word, probability) for the word being typed; [] before anything is fed.
@@ -176,10 +232,9 @@ class Session:
         if self.last is None:
             return []
         allowed = self._allowed
-        if self.backend.task == "autocomplete":
-            prefix = self.typed.rsplit(" ", 1)[-1]
-            if prefix:
-                allowed = allowed & np.char.startswith(self._labels, prefix)
+        prefix = self.prefix()
+        if prefix:
+            allowed = allowed & np.char.startswith(self._labels, prefix)
         if self.last.log_probs is not None:
             ids = np.flatnonzero(allowed)
             probs = np.exp(self.last.log_probs[ids])

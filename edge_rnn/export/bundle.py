@@ -10,20 +10,29 @@ every recurrent state ``float32 [batch, H]`` in ``state_names`` order. Outputs: 
 ``[batch, k]``, ``top_probs`` float32 ``[batch, k]`` (softmax over *all* outputs, sorted
 descending, <pad> and <unk> included: an app filters them), optionally ``log_probs`` float32
 ``[batch, V]``, then each next state as ``<state name>_next`` in the same order.
+
+A bundle exported with the prefix-range head (ONNX, ``prefix_head=True``) orders its output ids
+alphabetically (``prefix_order``; vocab.json is written in that order) and takes one more input,
+``range`` int32 ``[2]``: see ``edge_rnn.export.onnx`` and the manifest's ``export.prefix_head``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from edge_rnn import __version__
 from edge_rnn.io import EdgeRNNError, atomic_dir, sha256_file
-from edge_rnn.model import METRICS, ModelConfig, load
 from edge_rnn.vocab import PAD, SYMBOLS, UNK, Vocab
+
+if TYPE_CHECKING:  # model.py imports MLX: a runtime that only reads bundles must not need it
+    from edge_rnn.model import ModelConfig
 
 FORMAT_VERSION = 1
 MANIFEST, VOCAB = "manifest.json", "vocab.json"
+METRICS = "metrics.jsonl"  # edge_rnn.model.METRICS, repeated to keep MLX out of bundle reading
+RANGE_INPUT = "range"  # the prefix-range head's extra input
 FORMATS = ("onnx", "coreml")
 PRECISIONS = ("fp32", "fp16")
 
@@ -49,6 +58,13 @@ def state_names(config: ModelConfig) -> list[str]:
     return [f"l{layer}_{s}" for layer in range(config.layers) for s in per_layer]
 
 
+def prefix_order(words: Sequence[str]) -> list[int]:
+    """Exported id -> model id for a prefix-range head: <pad> and <unk> (0, 1) stay first, then
+    the words sorted. Sorted, the words starting with any prefix have consecutive ids, so one
+    ``[start, end)`` range names them all (Python's ``str`` order: a-z words sort as bytes)."""
+    return [0, 1] + sorted(range(2, len(words)), key=lambda k: words[k])
+
+
 def state_layout(config: ModelConfig) -> list[dict]:
     """The state names with shape and meaning, for the manifest (an app allocates these)."""
     def meaning(suffix: str) -> str:
@@ -65,26 +81,46 @@ def state_layout(config: ModelConfig) -> list[dict]:
 
 def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 3,
                   coreml_state: str = "io", precision: str = "fp32", force: bool = False,
-                  with_log_probs: bool = False) -> Path:
+                  with_log_probs: bool = False, prefix_head: bool = False) -> Path:
     """Export the run in ``run_dir`` as a bundle in ``out_dir``, atomically.
 
     The bundle is built in a temporary sibling folder and renamed into place only when complete,
     so a failure at any point leaves no half bundle (and an existing one untouched).
+    ``prefix_head`` (ONNX only): the prefix-range head, vocab.json in its alphabetical order.
     """
+    from edge_rnn.model import QUANTIZATION, load
+
     if fmt not in FORMATS:
         raise EdgeRNNError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if precision not in PRECISIONS:
         raise EdgeRNNError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if prefix_head and fmt != "onnx":
+        raise EdgeRNNError("the prefix-range head is built for ONNX bundles only (--format onnx)")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if (run_dir / QUANTIZATION).is_file():
+        raise EdgeRNNError(f"{run_dir} holds MLX-quantized weights; export the fp32 run and "
+                           "quantize the bundle (edge-rnn quantize BUNDLE)")
     model, vocab = load(run_dir)
     labels = _output_labels(model.config, vocab, run_dir)
+    words = labels.words if prefix_head else None
     with atomic_dir(out_dir, force=force) as tmp:
-        fragment = _export_model(model, tmp, fmt, top_k, coreml_state, precision, with_log_probs)
+        fragment = _export_model(model, tmp, fmt, top_k, coreml_state, precision, with_log_probs, words)
+        if words is not None:  # vocab.json lists the words in the exported id order
+            labels = Vocab([words[k] for k in prefix_order(words)])
         (tmp / VOCAB).write_text(json.dumps(labels.to_json()))
-        manifest = _manifest(model.config, fmt, top_k, fragment, run_dir)
-        manifest["files"] = _file_digests(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        write_manifest(tmp, _manifest(model.config, fmt, top_k, fragment, run_dir))
     return out_dir
+
+
+def write_manifest(bundle_dir: Path, manifest: dict) -> dict:
+    """Write ``manifest.json`` with the sha256 and size of every file now in ``bundle_dir``.
+
+    For tools that rewrite a bundle's model files (``edge-rnn quantize``): the digests must describe
+    the files as they are, or ``read_manifest`` rejects the bundle.
+    """
+    manifest = {**manifest, "files": _file_digests(Path(bundle_dir))}
+    (Path(bundle_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
 
 
 def _output_labels(config: ModelConfig, vocab: Vocab | None, run_dir: Path) -> Vocab:
@@ -97,12 +133,14 @@ def _output_labels(config: ModelConfig, vocab: Vocab | None, run_dir: Path) -> V
 
 
 def _export_model(model, out: Path, fmt: str, top_k: int, coreml_state: str, precision: str,
-                  with_log_probs: bool) -> dict:
-    """Write the model files for one target; imports each exporter only when it is used."""
+                  with_log_probs: bool, words: list[str] | None = None) -> dict:
+    """Write the model files for one target; imports each exporter only when it is used.
+    ``words`` asks for the prefix-range head (ONNX)."""
     if fmt == "onnx":
         from edge_rnn.export.onnx import export_onnx
 
-        return export_onnx(model, out, top_k=top_k, with_log_probs=with_log_probs, precision=precision)
+        return export_onnx(model, out, top_k=top_k, with_log_probs=with_log_probs, precision=precision,
+                           prefix_head=words is not None, words=words)
     from edge_rnn.export.coreml import export_coreml
 
     return export_coreml(model, out, top_k=top_k, state=coreml_state, precision=precision,
@@ -128,7 +166,8 @@ def _manifest(config: ModelConfig, fmt: str, top_k: int, fragment: dict, run_dir
         "state": state_layout(config),
         "text": TEXT_RULES,
         "export": {k: v for k, v in fragment.items() if k not in ("inputs", "outputs")},
-        "source": {"run": Path(run_dir).name, "metrics": read_run_metrics(run_dir)},
+        "source": {"run": Path(run_dir).name, "run_dir": str(Path(run_dir).resolve()),
+                   "metrics": read_run_metrics(run_dir)},
     }
 
 

@@ -173,7 +173,7 @@ OpFn = Callable[..., Any]
 def _f(x: np.ndarray) -> np.ndarray:
     """Floats to float32 (fp16 widens exactly); integers and bools stay as they are."""
     x = np.asarray(x)
-    return x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x
+    return x.astype(np.float32, copy=False) if np.issubdtype(x.dtype, np.floating) else x
 
 
 def _axis(a, rank: int) -> int:
@@ -428,21 +428,30 @@ OPS: dict[str, OpFn] = {
     "constexpr_affine_dequantize": _constexpr_affine_dequantize,
     "constexpr_blockwise_shift_scale": _constexpr_blockwise_shift_scale,
     "constexpr_lut_to_dense": _constexpr_lut_to_dense,
+    "constexpr_cast": lambda source_val, output_dtype="fp32", **_: _f(source_val),  # fp16 -> fp32
 }
 
 
 # ---- the evaluator -----------------------------------------------------------------------------
 
 
-def _as_declared(value: Any, name: str, declared: TensorType | None) -> np.ndarray:
-    """Round/cast an op result to the dtype the program declares, and check its shape."""
+def _as_declared(value: Any, name: str, declared: TensorType | None, batch: bool = False) -> np.ndarray:
+    """Round/cast an op result to the dtype the program declares, and check its shape.
+
+    ``batch``: a declared leading dimension of 1 may hold any batch size (see ``predict``).
+    """
     if declared is None or declared.dtype == STRING_DTYPE:
         return value
     value = np.asarray(value).astype(NUMPY_DTYPES[declared.dtype])
-    fixed = None not in declared.shape
-    if fixed and value.shape != declared.shape:
+    if None not in declared.shape and not _same_shape(value.shape, declared.shape, batch):
         raise MILFormatError(f"{name}: evaluated shape {value.shape}, the program declares {declared.shape}")
     return value
+
+
+def _same_shape(shape: tuple, declared: tuple, batch: bool) -> bool:
+    if batch and declared[:1] == (1,) and len(shape) == len(declared):
+        return shape[1:] == declared[1:]
+    return shape == declared
 
 
 class MILProgram:
@@ -524,7 +533,7 @@ class MILProgram:
 
     # -- running
 
-    def _run_op(self, op: Op, env: dict[str, Any]) -> None:
+    def _run_op(self, op: Op, env: dict[str, Any], batch: bool = False) -> None:
         fn = OPS.get(op.type)
         if fn is None:
             raise UnsupportedOpError(f"op {op.name!r} has type {op.type!r}, which the MIL evaluator "
@@ -538,11 +547,11 @@ class MILProgram:
             raise MILFormatError(f"op {op.name!r} ({op.type}) gave {len(results)} outputs, "
                                  f"the program declares {len(op.outputs)}")
         for (name, declared), value in zip(op.outputs, results):
-            env[name] = _as_declared(value, name, declared)
+            env[name] = _as_declared(value, name, declared, batch)
         if op.type.startswith("const"):
             self._consts[op.name] = result
 
-    def _bind_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    def _bind_inputs(self, inputs: dict[str, np.ndarray], batch: bool = False) -> dict[str, Any]:
         missing = set(self.inputs) - set(inputs)
         unknown = set(inputs) - set(self.inputs)
         if missing or unknown:
@@ -550,7 +559,7 @@ class MILProgram:
         env = {}
         for name, ttype in self.inputs.items():
             value = np.asarray(inputs[name])
-            if value.shape != ttype.shape:
+            if not _same_shape(value.shape, ttype.shape, batch):
                 raise EdgeRNNError(f"input {name}: shape {value.shape}, the model takes {ttype.shape}")
             env[name] = value.astype(NUMPY_DTYPES[ttype.dtype])
         return env
@@ -563,19 +572,28 @@ class MILProgram:
                 self._run_op(op, env)
         return env
 
-    def make_state(self) -> dict[str, np.ndarray]:
-        """Zero state buffers in their declared dtype, like ``MLModel.makeState()``."""
-        return {n: np.zeros(t.shape, NUMPY_DTYPES[t.dtype]) for n, t in self.states.items()}
+    def make_state(self, batch: int = 1) -> dict[str, np.ndarray]:
+        """Zero state buffers in their declared dtype, like ``MLModel.makeState()``; ``batch`` > 1
+        replaces a leading dimension of 1, for ``predict(batch=True)``."""
+        return {n: np.zeros((batch, *t.shape[1:]) if batch != 1 and t.shape[:1] == (1,) else t.shape,
+                            NUMPY_DTYPES[t.dtype]) for n, t in self.states.items()}
 
-    def predict(self, inputs: dict[str, np.ndarray],
-                state: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Run ``main`` once; a stateful program reads and updates ``state`` in place."""
-        env = self._bind_inputs(inputs)
+    def predict(self, inputs: dict[str, np.ndarray], state: dict[str, np.ndarray] | None = None, *,
+                batch: bool = False, extra_outputs: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+        """Run ``main`` once; a stateful program reads and updates ``state`` in place.
+
+        ``batch=True`` lets every declared leading dimension of 1 hold B rows, so B independent
+        streams run in one call: NumPy broadcasts where a device model takes batch 1, and it is
+        exact for programs whose ops act row by row (ours: gather, linear, element-wise, split,
+        softmax and top-k over the last axis). Quantization checks use it to stream many texts at
+        once. ``extra_outputs`` returns intermediate variables too (e.g. the softmax before top-k).
+        """
+        env = self._bind_inputs(inputs, batch)
         if self.states:
             if state is None or set(state) != set(self.states):
                 raise EdgeRNNError(f"this model keeps Core ML states {sorted(self.states)}: pass "
                                    "state=program.make_state()")
             env.update({n: StateRef(state, n) for n in self.states})
         for op in self.ops:
-            self._run_op(op, env)
-        return {name: env[name] for name in self.output_names}
+            self._run_op(op, env, batch)
+        return {name: env[name] for name in (*self.output_names, *extra_outputs)}

@@ -24,6 +24,37 @@ embedding is zero, so its folded row is ``b``.
 
 The top-k runs over all outputs, <pad> and <unk> included; the app (or ``edge_rnn.runtime``)
 filters them. Nothing is masked in the graph, so ``top_probs`` are true softmax probabilities.
+
+Prefix-range head (``prefix_head=True``, opt-in). On a small model the output layer *is* the
+keystroke (a 10,002 x 256 head is ~80 % of the bytes a step reads), and most of its rows are
+words the typed partial word already rules out. The exported output ids are therefore ordered
+alphabetically (``edge_rnn.export.bundle.prefix_order``: ids 0 and 1 stay <pad> and <unk>), so the
+words starting with any prefix form one contiguous id range, and both graphs take one more input,
+``range`` int32 ``[2]`` = ``[start, end)``: the rows whose logits are computed (the same range for
+every batch row). The app passes the range of its typed partial word, found by bisection over the
+sorted words (``edge_rnn.runtime.prefix_range``), and ``[2, n_outputs)`` (every word) at a word
+boundary. Then
+
+    logits = h W[start:end]^T + b[start:end]
+    top_probs, idx = TopK(Softmax(logits), min(top_k, end - start));  top_ids = start + idx
+
+so ``top_probs`` are probabilities *conditional on the range*, P(word | word starts with the
+prefix): the full softmax renormalised over the range (at a word boundary, over all words, <pad>
+and <unk> excluded). Their order is the order of the logits, which is the full model's order, so
+the top-k are the full model's prefix-filtered suggestions, same words in the same order. One
+caveat, float32's: the full head's log-softmax can round two logits a few 1e-7 apart to the same
+log-probability, which the runtime then ranks by id (frequency order), while the range softmax
+still orders them by their logits; on a random, nearly flat model that happens on a few
+keystrokes in 1,000 (``scripts/bench_latency.py`` counts them), on the tests' models never.
+
+An empty range (a prefix no word has) gives ``k = 0``: empty outputs, and the state still
+advances. The recurrent update never reads ``range``: states are bit-identical to the full-head
+graph's. ``log_probs`` cannot be combined with it (it would need the full head again).
+
+Slicing copies the columns it keeps (ONNX Runtime has no views), and the slice cannot be
+pre-packed, so a wide range is cheaper through the full pre-packed Gemm followed by a slice of
+the logits. An ``If`` picks: ranges wider than ``PREFIX_FULL_SHARE`` of the outputs take the full
+Gemm (every word-boundary keystroke), narrower ones slice the head's columns.
 """
 
 from __future__ import annotations
@@ -31,6 +62,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -38,7 +70,7 @@ from mlx.utils import tree_flatten
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_rnn import __version__
-from edge_rnn.export.bundle import FORMAT_VERSION, state_names
+from edge_rnn.export.bundle import FORMAT_VERSION, RANGE_INPUT, prefix_order, state_names
 from edge_rnn.io import EdgeRNNError, atomic_path
 from edge_rnn.model import RNNModel
 
@@ -47,6 +79,10 @@ IR_VERSION = 8  # the lowest IR that carries opset 18: readable by older runtime
 STEP_FILE, PREFILL_FILE = "model.onnx", "prefill.onnx"
 IMPLS = ("matmul", "native")
 NATIVE_CELLS = ("rnn", "gru", "lstm", "cifg")
+# Prefix-range head: ranges wider than this share of the outputs run the full pre-packed Gemm and
+# slice the logits; narrower ones slice the weight. Measured on the edge presets (10,002 x 256 head,
+# ONNX Runtime 1.32, 1 thread): slicing ~3,000 rows costs about what the full Gemm does.
+PREFIX_FULL_SHARE = 0.3
 # Measured with scripts/bench_onnx_cells.py (ONNX Runtime 1.32, 1 thread, batch 1, 2 layers,
 # H = 128..600, on a shared 2-core x86 VM, so +-20 %): per keystroke the matmul form is as fast as
 # the native operators at H = 256 and 1.5-2.7x faster at H = 600 (it skips the first layer's input
@@ -94,10 +130,9 @@ class Graph:
         return self.ops(op_type, *inputs, n_out=1, **attrs)[0]
 
     def rename(self, old: str, new: str) -> None:
-        """Give an intermediate value its contract name (a graph output), wherever it is used."""
-        for node in self.nodes:
-            node.input[:] = [new if v == old else v for v in node.input]
-            node.output[:] = [new if v == old else v for v in node.output]
+        """Give an intermediate value its contract name (a graph output), wherever it is used,
+        subgraphs included (an ``If`` branch reads outer values by name)."""
+        _rename_nodes(self.nodes, old, new)
 
     # the vocabulary the cells are written in
     def add(self, a, b): return self.op("Add", a, b)
@@ -116,6 +151,15 @@ class Graph:
 
     def one(self) -> str:
         return self.weight("one", np.array(1.0))
+
+
+def _rename_nodes(nodes, old: str, new: str) -> None:
+    for node in nodes:
+        node.input[:] = [new if v == old else v for v in node.input]
+        node.output[:] = [new if v == old else v for v in node.output]
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _rename_nodes(attr.g.node, old, new)
 
 
 class Weights:
@@ -313,7 +357,41 @@ def head(g: Graph, params: dict, h: str, top_k: int, with_log_probs: bool) -> li
     return list(outs)
 
 
-def _head_outputs(config, top_k: int, with_log_probs: bool) -> list[onnx.ValueInfoProto]:
+def range_head(g: Graph, params: dict, h: str, top_k: int, order: np.ndarray) -> list[str]:
+    """The prefix-range head (module docstring): logits, softmax and top-k over rows ``range``.
+
+    ``order`` maps exported ids to the model's (``prefix_order``); the weight is stored once, as
+    ``[H, V]`` like the full head, so the wide branch's Gemm is the full head's, pre-packed.
+    """
+    w = Weights(g, "head", {"Wt": params["head.weight"][order].T, "b": params["head.bias"][order]})
+    axis0, axis1 = g.weight("axis0", np.array([0])), g.weight("axis1", np.array([1]))
+    start, end = g.split(g.op("Cast", RANGE_INPUT, to=TensorProto.INT64), 2)  # each [1]
+    n = g.sub(end, start)
+    wide_rows = int(PREFIX_FULL_SHARE * len(order))
+    wide = g.op("Greater", n, g.weight("wide_rows", np.array([wide_rows])))  # If takes a 1-element bool
+    full, narrow = Graph(g), Graph(g)  # the two ways to the same logits
+    full_logits = full.op("Slice", full.gemm(h, w["Wt"], w["b"]), start, end, axis1)
+    narrow_logits = narrow.gemm(h, narrow.op("Slice", w["Wt"], start, end, axis1),
+                                narrow.op("Slice", w["b"], start, end, axis0))
+    logits = g.op("If", wide, then_branch=_branch(full, full_logits, "wide_range"),
+                  else_branch=_branch(narrow, narrow_logits, "narrow_range"))
+    k = g.op("Min", n, g.weight("k", np.array([top_k])))
+    top_probs, idx = g.ops("TopK", g.op("Softmax", logits, axis=-1), k, n_out=2,
+                           axis=-1, largest=1, sorted=1)
+    top_ids = g.op("Cast", g.add(idx, start), to=TensorProto.INT32)
+    g.rename(top_ids, "top_ids")
+    g.rename(top_probs, "top_probs")
+    return ["top_ids", "top_probs"]
+
+
+def _branch(body: Graph, value: str, name: str) -> onnx.GraphProto:
+    """An ``If`` branch: ``body``'s nodes, ``value`` its one output (``[batch, n]`` logits)."""
+    body.rename(value, f"{name}_logits")
+    out = _value(f"{name}_logits", TensorProto.FLOAT, ["batch", "n"])
+    return helper.make_graph(body.nodes, name, [], [out])
+
+
+def _head_outputs(config, top_k: int | str, with_log_probs: bool) -> list[onnx.ValueInfoProto]:
     outs = [_value("top_ids", TensorProto.INT32, ["batch", top_k]),
             _value("top_probs", TensorProto.FLOAT, ["batch", top_k])]
     if with_log_probs:
@@ -326,18 +404,27 @@ def _state_values(config, suffix: str = "") -> list[onnx.ValueInfoProto]:
 
 
 def _finish(g: Graph, name: str, chars: onnx.ValueInfoProto, h: str, new_states: list[str], config,
-            params: dict, top_k: int, with_log_probs: bool) -> onnx.GraphProto:
-    """Add the head on ``h``, give the next states their contract names, wrap up the graph."""
-    head(g, params, h, top_k, with_log_probs)
+            params: dict, top_k: int, with_log_probs: bool, order: np.ndarray | None) -> onnx.GraphProto:
+    """Add the head on ``h`` (the prefix-range head when ``order`` is given: one more input,
+    ``range``, last), give the next states their contract names, wrap up the graph."""
+    if order is None:
+        head(g, params, h, top_k, with_log_probs)
+    else:
+        range_head(g, params, h, top_k, order)
     for value, state in zip(new_states, state_names(config)):
         g.rename(value, f"{state}_next")
     inputs = [chars] + _state_values(config)
-    outputs = _head_outputs(config, top_k, with_log_probs) + _state_values(config, "_next")
+    if order is not None:
+        inputs.append(_value(RANGE_INPUT, TensorProto.INT32, [2]))
+    k = top_k if order is None else "k"  # min(top_k, end - start): known only at run time
+    outputs = _head_outputs(config, k, with_log_probs) + _state_values(config, "_next")
     return helper.make_graph(g.nodes, name, inputs, outputs, list(g.initializers.values()))
 
 
-def step_graph(model: RNNModel, top_k: int, with_log_probs: bool, impl: str) -> onnx.GraphProto:
-    """One keystroke: ``char`` and the states in, top-k (+ log-probs) and the next states out."""
+def step_graph(model: RNNModel, top_k: int, with_log_probs: bool, impl: str,
+               order: np.ndarray | None = None) -> onnx.GraphProto:
+    """One keystroke: ``char`` and the states in, top-k (+ log-probs) and the next states out;
+    ``order``: the prefix-range head over outputs in that order (module docstring)."""
     config, params = model.config, model_arrays(model)
     g = Graph()
     x, new_states = "char", []
@@ -351,7 +438,8 @@ def step_graph(model: RNNModel, top_k: int, with_log_probs: bool, impl: str) -> 
             x, new = RECUR[config.cell](g, w, xp, state)
         new_states += new
     char = _value("char", TensorProto.INT32, ["batch"])
-    return _finish(g, "edge_rnn_step", char, x, new_states, model.config, params, top_k, with_log_probs)
+    return _finish(g, "edge_rnn_step", char, x, new_states, model.config, params, top_k, with_log_probs,
+                   order)
 
 
 def scan_layer(g: Graph, w: Weights, cell: str, xp: str, state: list[str], H: int,
@@ -375,7 +463,8 @@ def scan_layer(g: Graph, w: Weights, cell: str, xp: str, state: list[str], H: in
     return (outs[-1] if want_hs else None), outs[: len(state)]
 
 
-def prefill_graph(model: RNNModel, top_k: int, with_log_probs: bool, impl: str) -> onnx.GraphProto:
+def prefill_graph(model: RNNModel, top_k: int, with_log_probs: bool, impl: str,
+                  order: np.ndarray | None = None) -> onnx.GraphProto:
     """A whole string at once: ``chars [batch, time]`` and the states in, the final states (and
     the top-k after the last character) out. Equal to streaming the step graph over ``chars``.
 
@@ -404,7 +493,8 @@ def prefill_graph(model: RNNModel, top_k: int, with_log_probs: bool, impl: str) 
         new_states += new
     chars = _value("chars", TensorProto.INT32, ["batch", "time"])
     h_last = new_states[-len(state)]  # the last layer's final h
-    return _finish(g, "edge_rnn_prefill", chars, h_last, new_states, config, params, top_k, with_log_probs)
+    return _finish(g, "edge_rnn_prefill", chars, h_last, new_states, config, params, top_k, with_log_probs,
+                   order)
 
 
 # ---- models and files ----------------------------------------------------------------------------
@@ -418,7 +508,8 @@ def _make_model(graph: onnx.GraphProto, metadata: dict[str, str]) -> onnx.ModelP
     return model
 
 
-def _metadata(config, top_k: int, with_log_probs: bool, graph: str, impl: str) -> dict[str, str]:
+def _metadata(config, top_k: int, with_log_probs: bool, graph: str, impl: str,
+              prefix_head: bool = False) -> dict[str, str]:
     """The manifest's key fields, so a lone .onnx file still says what it is."""
     return {"edge_rnn.format_version": str(FORMAT_VERSION), "edge_rnn.graph": graph,
             "edge_rnn.cell": config.cell, "edge_rnn.layers": str(config.layers),
@@ -426,7 +517,8 @@ def _metadata(config, top_k: int, with_log_probs: bool, graph: str, impl: str) -
             "edge_rnn.embed_dim": str(config.embed_dim), "edge_rnn.task": config.task,
             "edge_rnn.vocab_size": str(config.vocab_size), "edge_rnn.n_outputs": str(config.n_outputs),
             "edge_rnn.top_k": str(top_k), "edge_rnn.with_log_probs": json.dumps(with_log_probs),
-            "edge_rnn.implementation": impl, "edge_rnn.state_names": json.dumps(state_names(config))}
+            "edge_rnn.implementation": impl, "edge_rnn.state_names": json.dumps(state_names(config)),
+            "edge_rnn.prefix_head": json.dumps(prefix_head)}
 
 
 def resolve_impl(cell: str, graph: str, impl: str | None) -> str:
@@ -439,30 +531,54 @@ def resolve_impl(cell: str, graph: str, impl: str | None) -> str:
 
 
 def build_models(model: RNNModel, top_k: int = 3, with_log_probs: bool = False,
-                 impl: str | None = None) -> dict[str, onnx.ModelProto]:
-    """The checked step and prefill models, in memory (the benchmark uses this directly)."""
+                 impl: str | None = None, words: Sequence[str] | None = None) -> dict[str, onnx.ModelProto]:
+    """The checked step and prefill models, in memory (the benchmark uses this directly).
+
+    ``words`` (the output words in the model's id order) asks for the prefix-range head.
+    """
     config = model.config
     if not 1 <= top_k <= config.n_outputs:
         raise EdgeRNNError(f"top_k must be between 1 and {config.n_outputs}, got {top_k}")
+    order = _prefix_order_for(config, words, with_log_probs)
     models = {}
     for name, build in (("step", step_graph), ("prefill", prefill_graph)):
         chosen = resolve_impl(config.cell, name, impl)
-        models[name] = _make_model(build(model, top_k, with_log_probs, chosen),
-                                   _metadata(config, top_k, with_log_probs, name, chosen))
+        models[name] = _make_model(build(model, top_k, with_log_probs, chosen, order),
+                                   _metadata(config, top_k, with_log_probs, name, chosen, order is not None))
     return models
 
 
+def _prefix_order_for(config, words: Sequence[str] | None, with_log_probs: bool) -> np.ndarray | None:
+    """The exported id order of a prefix-range head, after checking it can be built."""
+    if words is None:
+        return None
+    if config.task != "autocomplete":
+        raise EdgeRNNError("the prefix-range head needs an autocomplete model (its outputs are words)")
+    if with_log_probs:
+        raise EdgeRNNError("the prefix-range head computes only the rows of the typed prefix; "
+                           "it cannot also output log_probs over every word")
+    if len(words) != config.n_outputs:
+        raise EdgeRNNError(f"{len(words)} output words for a model with {config.n_outputs} outputs")
+    return np.array(prefix_order(words))
+
+
 def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: bool = False,
-                precision: str = "fp32", *, impl: str | None = None) -> dict:
+                precision: str = "fp32", *, impl: str | None = None, prefix_head: bool = False,
+                words: Sequence[str] | None = None) -> dict:
     """Write ``model.onnx`` (step) and ``prefill.onnx`` into ``out_dir``; return the manifest
     fragment: files, ``model`` (the step graph's file, as in the Core ML fragment), opset, the step
-    graph's inputs/outputs, the prefill graph's, and which cell form each graph uses.
+    graph's inputs/outputs, the prefill graph's, which cell form each graph uses, and
+    ``prefix_head`` (its description, or false).
 
     ``impl`` ("matmul" or "native") overrides ``DEFAULT_IMPL`` for both graphs (benchmarks, tests).
+    ``prefix_head`` needs ``words``, the output words in the model's id order; the exported ids
+    are then ``prefix_order(words)`` (the caller writes the vocabulary in that order).
     """
     if precision != "fp32":
         raise EdgeRNNError("fp16 ONNX export not supported; use edge-rnn quantize")
-    models = build_models(model, top_k, with_log_probs, impl)
+    if prefix_head and words is None:
+        raise EdgeRNNError("the prefix-range head needs the output words (to sort them)")
+    models = build_models(model, top_k, with_log_probs, impl, words if prefix_head else None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, file in (("step", STEP_FILE), ("prefill", PREFILL_FILE)):
@@ -477,4 +593,19 @@ def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: 
                     "outputs": _io_spec(list(prefill.output)), "min_time": 1},
         "with_log_probs": with_log_probs,
         "implementation": {name: resolve_impl(model.config.cell, name, impl) for name in models},
+        "prefix_head": _prefix_head_fragment(model.config) if prefix_head else False,
+    }
+
+
+def _prefix_head_fragment(config) -> dict:
+    """What an app must know to drive the prefix-range head (module docstring)."""
+    return {
+        "input": RANGE_INPUT, "dtype": "int32", "shape": [2],
+        "order": "alphabetical: ids 0 and 1 are <pad> and <unk>, then the words sorted (vocab.json)",
+        "word_boundary_range": [2, config.n_outputs],
+        "range_rule": "[bisect_left(words, p), bisect_left(words, p + '{')) + 2 over the sorted "
+                      "words vocab.json[2:], p the typed part of the current word; empty p: every word",
+        "top_probs": "softmax over the range only: P(word | word in range)",
+        "top_k": "min(top_k, end - start); 0 for an empty range (the state still advances)",
+        "full_gemm_above_rows": int(PREFIX_FULL_SHARE * config.n_outputs),
     }

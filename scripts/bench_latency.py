@@ -1,0 +1,561 @@
+"""Per-keystroke latency of the edge presets: our bundles against the PyTorch-exported baseline.
+
+For the edge preset of every cell (``models/edge-*.json``), with random weights (latency does not
+depend on their values) and the 10,000 most frequent words of WikiText-2 as the vocabulary (so
+the alphabetical prefix ranges are those of real English), this types WikiText-2 into:
+
+- our ONNX bundle in ONNX Runtime (1 thread): fp32 full head, fp32 prefix-range head, and the
+  int8/int4/fp16 bundles of ``edge_rnn.quantize`` where they can be built;
+- our MLX run directory (``MLXBackend``);
+- the baseline a user would write instead: the same architecture with the same weights in
+  PyTorch (``nn.GRU``/``nn.LSTM``/``nn.RNN``; a hand-written module for CIFG and the Nested LSTM),
+  exported with ``torch.onnx.export`` as a step function (char and state in; top-k and the next
+  state out) and run with the same ONNX Runtime session options. Its probabilities are checked
+  against ours before anything is timed.
+
+Every backend is driven through the same ``Session.step`` (the same Python around each call), in
+interleaved blocks: each round types the next block of text into every variant in a rotated
+order, so slow phases of a shared machine hit all of them alike. The table shows the median over
+rounds of each block's p50/p99/mean. Keystrokes are timed by the calling thread's CPU time
+(``--clock cpu``, the default): with one intra-op thread ONNX Runtime computes on the caller's
+thread, and CPU time leaves out the time a busy shared machine gives other processes (wall time
+here varied 2-3x between runs; ``--clock wall`` measures what a user waits). MLX computes on
+threads of its own, so its rows always use the wall clock. The bound is the bytes of weights a keystroke reads divided by
+the measured DRAM read bandwidth (``edge_rnn.bench.memory_bandwidth``); the edge models' ~12 MB fit
+in a 32 MB L3, so measured times can go below it.
+
+Accuracy: the models are untrained, so the accuracy column is the agreement with our fp32 full
+head: top-1 agreement of the raw top-k for full heads (and the quantize check's top-1 delta on
+held-out text), and for the prefix head the share of keystrokes whose suggestions equal the full
+head's prefix-filtered suggestions (1.0 by construction, checked here on the timed text).
+
+    pip install -e ".[bench]"     # torch==2.13.0 + onnxscript: benchmark-only, not run-time deps
+    python scripts/bench_latency.py                          # every cell, ~10 min on 2 cores
+    python scripts/bench_latency.py --cells gru --rounds 3 --no-mlx
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import tempfile
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_rnn.bench import CORPUS_DIR, keystrokes, memory_bandwidth, onnx_step_bytes, mlx_step_bytes
+from edge_rnn.data import demo_corpus, normalise
+from edge_rnn.export.bundle import export_bundle, read_manifest
+from edge_rnn.runtime import MLXBackend, ONNXBackend, Session, StepOutput
+from edge_rnn.vocab import Vocab
+
+CELLS = ("rnn", "gru", "lstm", "cifg", "nlstm")
+TOP_K = 3
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+def corpus() -> tuple[str, str]:
+    """(text to type: WikiText-2 valid, vocabulary source: valid + test), or the demo corpus."""
+    valid, test = CORPUS_DIR / "wikitext2-valid.txt", CORPUS_DIR / "wikitext2-test.txt"
+    if valid.is_file() and test.is_file():
+        typed = normalise(valid.read_text())
+        return typed, typed + " " + normalise(test.read_text())
+    text = demo_corpus(20000, seed=3)
+    return text, text
+
+
+def top_words(text: str, n: int = 10_000) -> list[str]:
+    return [w for w, _ in Counter(text.split()).most_common(n)]
+
+
+# ---- our model, random weights ---------------------------------------------------------------------
+
+def make_run(cell: str, words: list[str], run_dir: Path):
+    """The edge preset of ``cell`` with its own initialisation (seeded), saved as a run directory."""
+    import mlx.core as mx
+
+    from edge_rnn.model import RNNModel, load_preset, save
+
+    config = load_preset(f"edge-{cell}")
+    config.vocab_size = len(words)
+    mx.random.seed(0)
+    model = RNNModel(config)
+    save(model, run_dir, Vocab.from_counts(words))
+    return model
+
+
+# ---- the PyTorch baseline --------------------------------------------------------------------------
+
+def torch_step_module(model, top_k: int = TOP_K) -> nn.Module:
+    """The same model as a PyTorch module that runs one keystroke: what a user would write."""
+    from edge_rnn.export.onnx import model_arrays
+
+    p = {k: torch.tensor(v, dtype=torch.float32) for k, v in model_arrays(model).items()}
+    return TorchStep(model.config, p, top_k).eval()
+
+
+def _linear(W: torch.Tensor, b: torch.Tensor | None = None) -> nn.Linear:
+    """``x @ W (+ b)`` as ``nn.Linear`` (which stores ``W^T``)."""
+    lin = nn.Linear(W.shape[0], W.shape[1], bias=b is not None)
+    with torch.no_grad():
+        lin.weight.copy_(W.T)
+        if b is not None:
+            lin.bias.copy_(b)
+    return lin
+
+
+class TorchStep(nn.Module):
+    """Embedding (row 0 = <pad> = zeros) -> recurrent stack -> Linear -> softmax -> top-k."""
+
+    def __init__(self, cfg, p: dict, top_k: int):
+        super().__init__()
+        self.top_k = top_k
+        self.embed = nn.Embedding(28, cfg.embed_dim)
+        with torch.no_grad():
+            self.embed.weight.copy_(torch.cat([torch.zeros(1, cfg.embed_dim), p["embedding"]]))
+        self.rnn = TorchBuiltin(cfg, p) if cfg.cell in ("gru", "lstm", "rnn") else TorchHandwritten(cfg, p)
+        self.head = _linear(p["head.weight"].T, p["head.bias"])
+
+    def forward(self, char, *state):
+        h, new_state = self.rnn(self.embed(char), state)
+        top_probs, top_ids = torch.topk(torch.softmax(self.head(h), dim=-1), self.top_k, dim=-1)
+        return (top_ids.to(torch.int32), top_probs, *new_state)
+
+
+class TorchBuiltin(nn.Module):
+    """``nn.GRU``/``nn.LSTM``/``nn.RNN`` with our weights. Same gate orders (GRU r,z,n; LSTM
+    i,f,g,o); PyTorch splits the bias into ``b_ih`` (ours ``b``) and ``b_hh``, zero except the
+    GRU's ``b_hn``, which is our ``bhn`` (inside the reset product in both)."""
+
+    def __init__(self, cfg, p: dict):
+        super().__init__()
+        kind = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cfg.cell]
+        self.lstm, self.rnn = cfg.cell == "lstm", kind(cfg.embed_dim, cfg.units, num_layers=cfg.layers)
+        H = cfg.units
+        with torch.no_grad():
+            for k in range(cfg.layers):
+                Wx, Wh, b = (p[f"layers.{k}.{n}"] for n in ("Wx", "Wh", "b"))
+                getattr(self.rnn, f"weight_ih_l{k}").copy_(Wx.T)
+                getattr(self.rnn, f"weight_hh_l{k}").copy_(Wh.T)
+                getattr(self.rnn, f"bias_ih_l{k}").copy_(b)
+                bh = torch.zeros_like(b)
+                if cfg.cell == "gru":
+                    bh[2 * H:] = p[f"layers.{k}.bhn"]
+                getattr(self.rnn, f"bias_hh_l{k}").copy_(bh)
+
+    def forward(self, x, state):
+        y, new = self.rnn(x[None], tuple(state) if self.lstm else state[0])
+        return y[0], (tuple(new) if self.lstm else (new,))
+
+
+class TorchHandwritten(nn.Module):
+    """CIFG and the Nested LSTM, which PyTorch does not have, from ``nn.Linear`` and the equations
+    of ``edge_rnn.cells`` (the names are theirs)."""
+
+    def __init__(self, cfg, p: dict):
+        super().__init__()
+        self.cell, self.depth = cfg.cell, cfg.depth
+        self.x2h = nn.ModuleList([_linear(p[f"layers.{k}.Wx"], p[f"layers.{k}.b"]) for k in range(cfg.layers)])
+        self.h2h = nn.ModuleList([_linear(p[f"layers.{k}.Wh"]) for k in range(cfg.layers)])
+        levels = range(cfg.depth - 1) if cfg.cell == "nlstm" else range(0)
+        self.inner = nn.ModuleList([nn.ModuleList([
+            nn.ModuleList([_linear(p[f"layers.{k}.inner.{d}.Wx"], p[f"layers.{k}.inner.{d}.b"]),
+                           _linear(p[f"layers.{k}.inner.{d}.Wh"])]) for d in levels]) for k in range(cfg.layers)])
+        self.per_layer = 2 if cfg.cell == "cifg" else 1 + cfg.depth
+
+    def forward(self, x, state):
+        new = []
+        for k in range(len(self.x2h)):
+            h, *cs = state[k * self.per_layer : (k + 1) * self.per_layer]
+            gates = self.x2h[k](x) + self.h2h[k](h)
+            x, out = self.cifg(gates, cs[0]) if self.cell == "cifg" else self.nlstm(k, gates, cs)
+            new += out
+        return x, tuple(new)
+
+    @staticmethod
+    def cifg(gates, c):
+        """i = sigmoid(i);  c = (1 - i) * c + i * tanh(g);  h = sigmoid(o) * tanh(c)"""
+        i, g, o = gates.chunk(3, dim=-1)
+        i = torch.sigmoid(i)
+        c = (1 - i) * c + i * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, [h, c]
+
+    def nlstm(self, k, gates, cs):
+        h, *cs = self.level(k, 0, gates, cs)
+        return h, [h, *cs]
+
+    def level(self, k, d, gates, cs):
+        """Nested LSTM level ``d``: see ``edge_rnn.cells.NestedLSTM``."""
+        i, f, g, o = gates.chunk(4, dim=-1)
+        h_inner = torch.sigmoid(f) * cs[d]
+        x_inner = torch.sigmoid(i) * (g if d == 0 else torch.tanh(g))
+        if d == self.depth - 1:
+            deeper = [h_inner + x_inner]
+        else:
+            wx, wh = self.inner[k][d]
+            deeper = self.level(k, d + 1, wx(x_inner) + wh(h_inner), cs)
+        c = deeper[0]
+        return [torch.sigmoid(o) * torch.tanh(c), c, *deeper[1:]]
+
+
+def torch_state_shapes(cfg) -> list[tuple[int, ...]]:
+    """The baseline's state tensors: ``[layers, 1, H]`` for nn.GRU/RNN (h) and nn.LSTM (h, c);
+    ``[1, H]`` per tensor per layer for the hand-written cells."""
+    H, L = cfg.units, cfg.layers
+    if cfg.cell in ("gru", "rnn"):
+        return [(L, 1, H)]
+    if cfg.cell == "lstm":
+        return [(L, 1, H), (L, 1, H)]
+    per = 2 if cfg.cell == "cifg" else 1 + cfg.depth
+    return [(1, H)] * (L * per)
+
+
+def export_torch_step(model, path: Path) -> str:
+    """``torch.onnx.export`` of the step (opset 18); the default (dynamo) exporter first, the
+    TorchScript one if that fails. Returns which exporter wrote it."""
+    module = torch_step_module(model)
+    shapes = torch_state_shapes(model.config)
+    args = (torch.tensor([5]), *[torch.zeros(s) for s in shapes])
+    names = [f"s{k}" for k in range(len(shapes))]
+    kwargs = dict(input_names=["char", *names], output_names=["top_ids", "top_probs", *[f"{n}_next" for n in names]],
+                  opset_version=18)
+    for dynamo in (True, False):
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                extra = {"external_data": False} if dynamo else {}  # one self-contained file, as ours
+                torch.onnx.export(module, args, str(path), dynamo=dynamo, **kwargs, **extra)
+            return "dynamo" if dynamo else "torchscript"
+        except Exception as err:  # the dynamo exporter needs onnxscript and may not cover a module
+            last = err
+    raise RuntimeError(f"torch.onnx.export failed: {last}")
+
+
+class PlainONNXBackend:
+    """Any step graph with ``char`` (int64) and state inputs, driven like ``ONNXBackend``."""
+
+    def __init__(self, path: Path, labels: list[str], shapes: list[tuple[int, ...]], threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.labels, self.task, self.shapes = labels, "autocomplete", shapes
+        self.names = [i.name for i in self.session.get_inputs()][1:]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def initial_state(self) -> list[np.ndarray]:
+        return [np.zeros(s, np.float32) for s in self.shapes]
+
+    def step(self, char_id: int, state: list[np.ndarray], prefix: str = "") -> tuple[StepOutput, Any]:
+        feed = {"char": np.array([char_id], np.int64), **dict(zip(self.names, state))}
+        out = dict(zip(self.output_names, self.session.run(None, feed)))
+        return StepOutput(out["top_ids"][0], out["top_probs"][0], None), [out[f"{n}_next"] for n in self.names]
+
+
+# ---- variants and timing ---------------------------------------------------------------------------
+
+@dataclass
+class Variant:
+    """One row of the table: a backend to time and what to print beside it."""
+
+    model: str
+    backend: str
+    precision: str
+    head: str
+    make: Callable[[], Any]  # -> a Backend
+    bytes: int  # the step model on disk
+    read_bytes: Callable[[str], int]  # prefix -> weight bytes one keystroke reads
+    wall_only: bool = False  # computes on threads of its own: thread CPU time would miss them
+    agreement: float | None = None
+    dtop1: float | None = None
+    blocks: list[np.ndarray] = field(default_factory=list)
+    reads: list[float] = field(default_factory=list)
+
+
+def onnx_variant(cell: str, bundle: Path, precision: str, threads: int) -> Variant:
+    manifest = read_manifest(bundle)
+    path = bundle / manifest["export"]["model"]
+    step_bytes = onnx_step_bytes(path, manifest["export"].get("prefix_head", False))
+    prefix_head = bool(manifest["export"].get("prefix_head"))
+    holder: dict = {}
+
+    def make():
+        holder["b"] = ONNXBackend(bundle, threads=threads)
+        return holder["b"]
+
+    def read(prefix: str) -> int:
+        b = holder["b"]
+        rows = int(np.diff(b.range(prefix))[0]) if prefix_head else len(b.labels)
+        return step_bytes(rows)
+
+    return Variant(f"edge-{cell}", "ours ONNX", precision, "prefix" if prefix_head else "full",
+                   make, path.stat().st_size, read)
+
+
+CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+
+
+def time_block(session: Session, warm: list[int], ids: list[int], reads: list[float],
+               read: Callable[[str], int], clock: Callable[[], float]) -> np.ndarray:
+    """Reset, type ``warm`` untimed, then time each keystroke of ``ids`` (seconds)."""
+    session.reset()
+    for c in warm:
+        session.step(c)
+    times = np.empty(len(ids))
+    for k, c in enumerate(ids):
+        start = clock()
+        session.step(c)
+        times[k] = clock() - start
+        reads.append(read(session.prefix()))
+    return times
+
+
+def interleave(variants: list[Variant], ids: list[int], rounds: int, block: int, warm: int,
+               clock: Callable[[], float]) -> None:
+    """Rounds of one block per variant, the order rotated each round (module docstring). MLX is
+    always timed by the wall clock: it computes on its own threads."""
+    sessions = [Session(v.make()) for v in variants]
+    for r in range(rounds):
+        start = warm + r * block
+        segment, warm_ids = ids[start : start + block], ids[start - warm : start]
+        order = list(range(len(variants)))
+        order = order[r % len(order):] + order[: r % len(order)]
+        for k in order:
+            variants[k].blocks.append(time_block(sessions[k], warm_ids, segment, variants[k].reads,
+                                                 variants[k].read_bytes,
+                                                 time.perf_counter if variants[k].wall_only else clock))
+
+
+def stats(v: Variant) -> dict[str, float]:
+    """Median over blocks of each block's p50, p99 and mean, in ms."""
+    ms = [b * 1e3 for b in v.blocks]
+    return {"p50": float(np.median([np.percentile(b, 50) for b in ms])),
+            "p99": float(np.median([np.percentile(b, 99) for b in ms])),
+            "mean": float(np.median([b.mean() for b in ms]))}
+
+
+# ---- checks ---------------------------------------------------------------------------------------
+
+def check_baseline(ours: Session, baseline: Session, ids: list[int]) -> float:
+    """The PyTorch-exported step computes our probabilities: max |dp| of the top-k over ``ids``
+    (the ids must agree too, barring exact near-ties)."""
+    worst = 0.0
+    ours.reset()
+    baseline.reset()
+    for c in ids:
+        a_ids, a_p = ours.step(c)
+        b_ids, b_p = baseline.step(c)
+        worst = max(worst, float(np.abs(a_p - b_p).max()))
+        if not np.array_equal(a_ids, b_ids) and np.abs(np.sort(a_p) - np.sort(b_p)).max() > 1e-6:
+            raise AssertionError(f"baseline top-k {b_ids} differ from ours {a_ids}")
+    if worst > 1e-4:
+        raise AssertionError(f"baseline probabilities differ from ours by {worst:.2e}")
+    return worst
+
+
+def top1_agreement(reference: Session, other: Session, ids: list[int]) -> float:
+    reference.reset()
+    other.reset()
+    same = 0
+    for c in ids:
+        a, _ = reference.step(c)
+        b, _ = other.step(c)
+        same += int(a[0] == b[0])
+    return same / len(ids)
+
+
+def suggestion_agreement(full: Session, prefix: Session, ids: list[int]) -> tuple[float, float]:
+    """Shares of keystrokes where the prefix head suggests what the full head (its whole
+    distribution filtered by the prefix) suggests: exactly, and up to ties in the full head.
+
+    The full head's float32 log-softmax can round two logits a few 1e-7 apart to one value and
+    then ranks them by frequency id; the range softmax still orders them by their logits. On a
+    random model, whose distribution is nearly flat, that happens on a few keystrokes in 1,000.
+    """
+    full.reset()
+    prefix.reset()
+    exact = tied = 0
+    for c in ids:
+        full.step(c)
+        prefix.step(c)
+        ranked = full.suggest(4 * TOP_K)
+        want, got = ranked[:TOP_K], [w for w, _ in prefix.suggest(TOP_K)]
+        exact += [w for w, _ in want] == got
+        prob = dict(ranked)
+        tied += len(got) == len(want) and all(prob.get(w) == p for w, (_, p) in zip(got, want))
+    return exact / len(ids), tied / len(ids)
+
+
+# ---- one cell ----------------------------------------------------------------------------------------
+
+def cell_variants(cell: str, words: list[str], root: Path, ids: list[int], args) -> list[Variant]:
+    """Build every variant of one cell (bundles, quantized bundles, MLX, baseline) and check them."""
+    model = make_run(cell, words, root / "run")
+    full = export_bundle(root / "run", root / "full", top_k=TOP_K)
+    prefix = export_bundle(root / "run", root / "prefix", top_k=TOP_K, prefix_head=True)
+    ref = export_bundle(root / "run", root / "ref", top_k=TOP_K, with_log_probs=True)
+    variants = [onnx_variant(cell, full, "fp32", args.threads), onnx_variant(cell, prefix, "fp32", args.threads)]
+    check_ids = args.check_ids = ids[: args.check]
+    variants[0].agreement = 1.0
+    exact, tied = suggestion_agreement(Session(ONNXBackend(ref)), Session(ONNXBackend(prefix)), check_ids)
+    print(f"  prefix head = full head + prefix filter on {exact:.1%} of {len(check_ids)} keystrokes, "
+          f"{tied:.1%} up to exact float32 ties in the full head's log-probs")
+    variants[1].agreement = tied
+    for to in args.precisions:
+        variants += quantized_variants(cell, full, prefix, to, root, args)
+    if not args.no_mlx:
+        variants.append(mlx_variant(cell, root / "run", len(words) + 2))
+    variants.append(baseline_variant(cell, model, root, full, words, check_ids, args.threads))
+    reference = Session(ONNXBackend(full))
+    for v in variants:
+        if v.agreement is None:
+            v.agreement = top1_agreement(reference, Session(v.make()), check_ids)
+    return variants
+
+
+def quantized_variants(cell: str, full: Path, prefix: Path, to: str, root: Path, args) -> list[Variant]:
+    """int8/int4/fp16 bundles from ``edge_rnn.quantize`` (full head, and prefix head if it takes it)."""
+    try:
+        from edge_rnn.quantize import quantize
+    except ImportError:
+        print(f"  {to}: edge_rnn.quantize is not available")
+        return []
+    out = []
+    sources = ((full, "full"), (prefix, "prefix")) if args.quantize_prefix else ((full, "full"),)
+    for source, name in sources:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                bundle, record = quantize(source, to, out=root / f"{name}-{to}", eval_text=args.eval_text)
+        except Exception as err:  # report and go on: the other rows are still worth having
+            print(f"  {to} {name} head: quantize failed: {str(err).splitlines()[0][:160]}")
+            continue
+        v = onnx_variant(cell, bundle, to, args.threads)
+        check = record.get("check", {})
+        v.dtop1 = _dtop1(check)
+        if name == "full":
+            v.agreement = check.get("top1_agreement")
+        else:  # same alphabetical ids as the fp32 prefix bundle: compare the suggestions' top-1
+            v.agreement = top1_agreement(Session(ONNXBackend(prefix)), Session(ONNXBackend(bundle)),
+                                         args.check_ids)
+        out.append(v)
+    return out
+
+
+def _dtop1(check: dict) -> float | None:
+    try:
+        return 100 * (check["quantized"]["top1"] - check["source"]["top1"])
+    except (KeyError, TypeError):
+        return None
+
+
+def mlx_variant(cell: str, run: Path, n_outputs: int) -> Variant:
+    holder: dict = {}
+
+    def make():
+        holder["b"] = MLXBackend(run, top_k=TOP_K)
+        return holder["b"]
+
+    return Variant(f"edge-{cell}", "ours MLX (wall clock)", "fp32", "full", make,
+                   (run / "weights.safetensors").stat().st_size,
+                   lambda prefix: mlx_step_bytes(holder["b"]), wall_only=True)
+
+
+def baseline_variant(cell: str, model, root: Path, full: Path, words, check_ids, threads: int) -> Variant:
+    path = root / "torch_step.onnx"
+    exporter = export_torch_step(model, path)
+    shapes = torch_state_shapes(model.config)
+    labels = ["<pad>", "<unk>", *words]
+
+    def make():
+        return PlainONNXBackend(path, labels, shapes, threads)
+
+    worst = check_baseline(Session(ONNXBackend(full)), Session(make()), check_ids)
+    print(f"  baseline ({exporter} exporter) matches ours: max |dp| {worst:.1e} over {len(check_ids)} keystrokes")
+    step_bytes = onnx_step_bytes(path, False)
+    return Variant(f"edge-{cell}", "PyTorch->ONNX", "fp32", "full", make, path.stat().st_size,
+                   lambda prefix: step_bytes(0))
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+def table(rows: list[Variant], bandwidth: float) -> str:
+    """The markdown table; ratios against the same cell's baseline."""
+    lines = ["| model | backend | precision | head | p50 ms | p99 ms | mean ms | p50 / torch | mean / torch "
+             "| p50 / bound | step model bytes | agreement vs fp32 | Δtop-1 (pt) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base = {v.model: stats(v) for v in rows if v.backend == "PyTorch->ONNX"}
+    for v in rows:
+        s, b = stats(v), base.get(v.model)
+        bound = np.median(v.reads) / bandwidth * 1e3
+        lines.append(f"| {v.model} | {v.backend} | {v.precision} | {v.head} | {s['p50']:.3f} | {s['p99']:.3f} "
+                     f"| {s['mean']:.3f} | {_ratio(s['p50'], b and b['p50'])} | {_ratio(s['mean'], b and b['mean'])} "
+                     f"| {s['p50'] / bound:.2f}x | {v.bytes:,} | {_fmt(v.agreement, '.3f')} | {_fmt(v.dtop1, '+.2f')} |")
+    return "\n".join(lines)
+
+
+def _ratio(a: float, b: float | None) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", nargs="*", default=list(CELLS), choices=CELLS)
+    parser.add_argument("--precisions", nargs="*", default=["int8", "int4", "fp16"],
+                        help="quantized ONNX bundles to add (edge_rnn.quantize)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--block", type=int, default=400, help="keystrokes per variant per round")
+    parser.add_argument("--warm", type=int, default=50, help="untimed keystrokes before each block")
+    parser.add_argument("--check", type=int, default=300, help="keystrokes of the agreement checks")
+    parser.add_argument("--quantize-prefix", action="store_true",
+                        help="also quantize the prefix-head bundle (edge_rnn.quantize leaves its head fp32)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                        help="cpu: the calling thread's CPU time (ONNX Runtime runs a 1-thread graph on the "
+                             "caller's thread; excludes time the OS gives other processes on a shared "
+                             "machine); wall: what a user waits")
+    parser.add_argument("--no-mlx", action="store_true", help="skip the MLX rows (slow on Linux CPUs)")
+    args = parser.parse_args()
+    test_file = CORPUS_DIR / "wikitext2-test.txt"
+    args.eval_text = test_file if test_file.is_file() else None
+
+    typed, vocab_text = corpus()
+    words = top_words(vocab_text)
+    ids = keystrokes(typed[: 2_000_000], args.warm + args.rounds * args.block + 1)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+        for cell in args.cells:
+            print(f"edge-{cell}: building and checking")
+            variants = cell_variants(cell, words, Path(tmp) / cell, ids, args)
+            print(f"edge-{cell}: timing {len(variants)} variants x {args.rounds} rounds x {args.block} keystrokes")
+            interleave(variants, ids, args.rounds, args.block, args.warm, CLOCKS[args.clock])
+            rows += variants
+    bandwidth = memory_bandwidth()
+    import onnxruntime as ort
+
+    print(f"\nonnxruntime {ort.__version__}, torch {torch.__version__}, {args.threads} intra-op thread(s), "
+          f"{os.cpu_count()} CPUs (shared: contention possible); DRAM read bandwidth {bandwidth / 1e9:.1f} GB/s; "
+          f"text: {'WikiText-2 valid' if args.eval_text else 'demo corpus'}; random weights; "
+          f"{args.clock} time per keystroke, medians over {args.rounds} interleaved rounds of "
+          f"{args.block} keystrokes\n")
+    print(table(rows, bandwidth))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""The prefix-range head: its suggestions are the full head's prefix-filtered suggestions.
+
+Two bundles of one run: the full head exported with log-probs (so the runtime filters the whole
+distribution by the typed prefix) and the prefix-range head (which computes only the rows of the
+words starting with that prefix). Typing real-looking text one keystroke at a time, both must
+suggest the same words in the same order, and the recurrent states must be bit-identical.
+"""
+
+from collections import Counter
+
+import mlx.core as mx
+import numpy as np
+import onnx
+import pytest
+from mlx.utils import tree_map
+
+from edge_rnn.data import demo_corpus
+from edge_rnn.export.bundle import export_bundle, prefix_order, read_manifest
+from edge_rnn.export.onnx import PREFIX_FULL_SHARE, export_onnx
+from edge_rnn.io import EdgeRNNError
+from edge_rnn.model import ModelConfig, RNNModel, save
+from edge_rnn.runtime import SYMBOL_ID, open_session, prefix_range
+from edge_rnn.vocab import Vocab
+
+K = 3
+# the 300 most frequent words of the demo corpus, in frequency order, "a" and "i" among them
+WORDS = [w for w, _ in Counter(demo_corpus(3000, seed=0).split()).most_common(300)]
+# ~100 characters typed from other sentences of the same generator: mostly known words, a few
+# unknown ones (whose prefixes soon match no word: empty ranges)
+TEXT = " " + demo_corpus(40, seed=11)[:100] + " zebra xylophone a i "
+
+
+def make_run(run_dir, cell: str, depth: int = 2, layers: int = 1, seed: int = 0):
+    """A random tiny model (biases too) with the WORDS vocabulary, saved as a run dir."""
+    mx.random.seed(seed)
+    config = ModelConfig(cell=cell, layers=layers, units=16, depth=depth, embed_dim=8, vocab_size=len(WORDS))
+    model = RNNModel(config)
+    rng = np.random.default_rng(seed)
+    model.update(tree_map(lambda a: mx.array(rng.normal(0, 0.6, a.shape), dtype=mx.float32), model.parameters()))
+    save(model, run_dir, Vocab.from_counts(WORDS))
+    return model
+
+
+@pytest.fixture(scope="module", params=[("gru", 1), ("nlstm", 1), ("lstm", 2)], ids=["gru", "nlstm", "lstm-2l"])
+def bundles(request, tmp_path_factory):
+    cell, layers = request.param
+    root = tmp_path_factory.mktemp(cell)
+    make_run(root / "run", cell, layers=layers)
+    full = export_bundle(root / "run", root / "full", top_k=K, with_log_probs=True)
+    prefix = export_bundle(root / "run", root / "prefix", top_k=K, prefix_head=True)
+    return full, prefix
+
+
+def type_both(full, prefix, text: str):
+    """Yield (typed, full session, prefix session) after every keystroke of ``text``."""
+    a, b = open_session(full), open_session(prefix)
+    for ch in text:
+        a.step(SYMBOL_ID[ch])
+        b.step(SYMBOL_ID[ch])
+        yield a.typed, a, b
+
+
+def test_every_keystroke_same_words_same_order_same_state(bundles):
+    full, prefix = bundles
+    empty = narrow = wide = 0
+    for typed, a, b in type_both(full, prefix, TEXT):
+        for k in (1, K):
+            want = [w for w, _ in a.suggest(k)]
+            assert [w for w, _ in b.suggest(k)] == want, typed
+        for s_full, s_prefix in zip(a.state, b.state):
+            np.testing.assert_array_equal(s_full, s_prefix)  # the state never reads the range
+        n = len(a.suggest(len(WORDS)))
+        empty += n == 0
+        wide += n > PREFIX_FULL_SHARE * (len(WORDS) + 2)
+        narrow += 0 < n <= PREFIX_FULL_SHARE * (len(WORDS) + 2)
+    assert empty and narrow and wide  # all three paths of the graph were exercised
+
+
+def test_probabilities_are_renormalised_over_the_prefix(bundles):
+    full, prefix = bundles
+    for typed, a, b in type_both(full, prefix, TEXT):
+        matching = a.suggest(len(WORDS))  # every word with the prefix, full-model probabilities
+        mass = sum(p for _, p in matching)
+        got = b.suggest(K)
+        want = [(w, p / mass) for w, p in matching[:K]]
+        assert [w for w, _ in got] == [w for w, _ in want], typed
+        np.testing.assert_allclose([p for _, p in got], [p for _, p in want], rtol=1e-4, atol=1e-7)
+
+
+def test_word_boundary_is_the_full_range(bundles):
+    full, prefix = bundles
+    a, b = open_session(full), open_session(prefix)
+    for session in (a, b):
+        session.feed("he went to the ")
+    assert b.prefix() == ""
+    assert [w for w, _ in b.suggest(K)] == [w for w, _ in a.suggest(K)]
+    assert len(b.suggest(K)) == K  # <pad> and <unk> are outside the range: K real words
+
+
+def test_prefix_matching_no_word(bundles):
+    full, prefix = bundles
+    a, b = open_session(full), open_session(prefix)
+    for session in (a, b):
+        session.feed("the capital of qzx")
+    assert b.suggest(K) == [] == a.suggest(K)
+    assert b.last.top_ids.shape == (0,)  # k = 0 in the graph
+    for s_full, s_prefix in zip(a.state, b.state):
+        np.testing.assert_array_equal(s_full, s_prefix)
+    for session in (a, b):  # and typing on from there works
+        session.feed(" the ")
+    assert [w for w, _ in b.suggest(K)] == [w for w, _ in a.suggest(K)]
+
+
+def test_one_character_words(bundles):
+    full, prefix = bundles
+    for text in ("he said a", "then i", "x"):
+        a, b = open_session(full), open_session(prefix)
+        want, got = a.complete(text, K), b.complete(text, K)
+        assert [w for w, _ in got] == [w for w, _ in want], text
+    b = open_session(prefix)
+    b.feed("a")
+    words = b.backend.sorted_words
+    start, end = b.backend.range("a")
+    assert words[start - 2] == "a"  # the word itself opens its own range
+    assert all(w.startswith("a") for w in words[start - 2 : end - 2])
+    assert b.backend.range("i")[1] - b.backend.range("i")[0] >= 1
+
+
+def test_prefill_takes_the_range_too(bundles):
+    import onnxruntime as ort
+
+    full, prefix = bundles
+    manifest = read_manifest(prefix)
+    assert [i["name"] for i in manifest["export"]["prefill"]["inputs"]][-1] == "range"
+    b = open_session(prefix)
+    b.feed("the capital of fr")
+    sess = ort.InferenceSession(str(prefix / "prefill.onnx"), providers=["CPUExecutionProvider"])
+    chars = np.array([[SYMBOL_ID[c] for c in b.typed]], np.int32)
+    zeros = {s["name"]: np.zeros((1, 16), np.float32) for s in manifest["state"]}
+    out = sess.run(["top_ids"], {"chars": chars, **zeros, "range": b.backend.range("fr")})
+    np.testing.assert_array_equal(out[0][0], b.last.top_ids)
+
+
+def test_bundle_layout(bundles):
+    full, prefix = bundles
+    manifest = read_manifest(prefix)
+    words = open_session(prefix).backend.labels
+    assert words[:2] == ["<pad>", "<unk>"] and words[2:] == sorted(WORDS)
+    assert [i["name"] for i in manifest["inputs"]][-1] == "range"
+    assert manifest["inputs"][-1] == {"name": "range", "dtype": "int32", "shape": [2]}
+    info = manifest["export"]["prefix_head"]
+    assert info["word_boundary_range"] == [2, len(WORDS) + 2]
+    assert read_manifest(full)["export"]["prefix_head"] is False
+    meta = {p.key: p.value for p in onnx.load(str(prefix / "model.onnx")).metadata_props}
+    assert meta["edge_rnn.prefix_head"] == "true"
+    # one copy of the head: the bundle is no bigger than the full head's (which has log_probs)
+    assert manifest["files"]["model.onnx"]["bytes"] <= read_manifest(full)["files"]["model.onnx"]["bytes"] + 4096
+
+
+def test_prefix_range_is_the_startswith_filter():
+    words = sorted(WORDS)
+    labels = np.array(words)
+    prefixes = {w[:n] for w in words for n in range(1, len(w) + 1)} | {"q", "zz", "xylo", "aa", "{", "a{"}
+    for p in prefixes:
+        start, end = prefix_range(words, p)
+        hits = np.flatnonzero(np.char.startswith(labels, p)) + 2
+        assert (start, end) == ((hits[0], hits[-1] + 1) if hits.size else (start, start)), p
+    assert prefix_range(words, "") == (2, len(words) + 2)
+
+
+def test_prefix_order_keeps_specials_first():
+    words = ["<pad>", "<unk>", "the", "of", "a", "and"]
+    order = prefix_order(words)
+    assert order == [0, 1, 4, 5, 3, 2]
+    assert [words[k] for k in order] == ["<pad>", "<unk>", "a", "and", "of", "the"]
+
+
+def test_bad_combinations_are_one_line_errors(tmp_path):
+    model = make_run(tmp_path / "run", "gru")
+    with pytest.raises(EdgeRNNError, match="log_probs"):
+        export_onnx(model, tmp_path / "a", prefix_head=True, words=["<pad>", "<unk>", *WORDS], with_log_probs=True)
+    with pytest.raises(EdgeRNNError, match="output words"):
+        export_onnx(model, tmp_path / "b", prefix_head=True)
+    with pytest.raises(EdgeRNNError, match="ONNX"):
+        export_bundle(tmp_path / "run", tmp_path / "c", fmt="coreml", prefix_head=True)
+    charlm = RNNModel(ModelConfig(cell="gru", units=8, embed_dim=4, task="charlm"))
+    with pytest.raises(EdgeRNNError, match="autocomplete"):
+        export_onnx(charlm, tmp_path / "d", prefix_head=True, words=["x"] * 28)
+
+
+def test_top_k_stable_is_the_stable_argsort():
+    """The MLX backend's O(V) top-k keeps the full sort's order, ties included."""
+    from edge_rnn.runtime import top_k_stable
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scores = rng.integers(0, 6, rng.integers(1, 40)).astype(np.float32)  # many ties
+        for k in (1, 3, 50):
+            np.testing.assert_array_equal(top_k_stable(scores, k), np.argsort(-scores, kind="stable")[:k])
