@@ -23,6 +23,9 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 
+from edge_rnn import backward
+from edge_rnn.activations import sigmoid, tanh  # MLX's, or the optional vectorised CPU kernels
+
 State = tuple[mx.array, ...]
 
 
@@ -37,11 +40,30 @@ def orthogonal_blocks(hidden: int, blocks: int) -> mx.array:
     return mx.concatenate([init(mx.zeros((hidden, hidden))) for _ in range(blocks)], axis=1)
 
 
+@mx.custom_function
+def unstack_time(x: mx.array) -> list[mx.array]:
+    """``(B, T, D)`` -> ``T`` arrays ``(B, D)``.
+
+    Same values as ``x[:, t]``, but with a gradient that stacks the ``T`` cotangents once: MLX's own
+    slice/split gradients materialise a full-size ``(B, T, D)`` array per time step, which made
+    autodiff through the time loop quadratic in ``T`` (measured 9x slower at T=100).
+    """
+    return [x[:, t] for t in range(x.shape[1])]
+
+
+@unstack_time.vjp
+def _unstack_time_vjp(primals, cotangents, outputs):
+    return mx.stack(cotangents, axis=1)
+
+
 class Cell(nn.Module):
     """Base class: owns ``Wx``, ``Wh``, ``b`` and the sequence loop; subclasses write ``recur``."""
 
     gates: str = ""  # one letter per H-wide block of the projection, e.g. "ifgo"
     n_states: int = 1  # number of (batch, H) state tensors, h first
+    # Sequence calls differentiate with the hand-written BPTT of edge_rnn.backward (same forward
+    # values, much faster gradients); False: plain autodiff through the time loop (the reference).
+    manual_backward: bool = True
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
@@ -73,9 +95,11 @@ class Cell(nn.Module):
         if state is None:
             state = self.initial_state(x.shape[0])
         xp = self.project(x)  # (B, T, G*H): one big matmul instead of T small ones
+        if self.manual_backward and backward.supports(self):
+            return backward.sequence(self, xp, state)
         hs = []
-        for t in range(x.shape[1]):
-            h, state = self.recur(xp[:, t], state)
+        for xp_t in unstack_time(xp):
+            h, state = self.recur(xp_t, state)
             hs.append(h)
         return mx.stack(hs, axis=1), state
 
@@ -87,7 +111,7 @@ class RNN(Cell):
 
     def recur(self, xp, state):
         (h,) = state
-        h = mx.tanh(xp + h @ self.Wh)
+        h = tanh(xp + h @ self.Wh)
         return h, (h,)
 
 
@@ -114,9 +138,9 @@ class GRU(Cell):
         (h,) = state
         xr, xz, xn = mx.split(xp, 3, axis=-1)
         hr, hz, hn = mx.split(h @ self.Wh, 3, axis=-1)
-        r = mx.sigmoid(xr + hr)
-        z = mx.sigmoid(xz + hz)
-        n = mx.tanh(xn + r * (hn + self.bhn))
+        r = sigmoid(xr + hr)
+        z = sigmoid(xz + hz)
+        n = tanh(xn + r * (hn + self.bhn))
         h = (1 - z) * n + z * h
         return h, (h,)
 
@@ -138,8 +162,8 @@ class LSTM(Cell):
     def recur(self, xp, state):
         h, c = state
         i, f, g, o = mx.split(xp + h @ self.Wh, 4, axis=-1)
-        c = mx.sigmoid(f) * c + mx.sigmoid(i) * mx.tanh(g)
-        h = mx.sigmoid(o) * mx.tanh(c)
+        c = sigmoid(f) * c + sigmoid(i) * tanh(g)
+        h = sigmoid(o) * tanh(c)
         return h, (h, c)
 
 
@@ -163,9 +187,9 @@ class CIFG(Cell):
     def recur(self, xp, state):
         h, c = state
         i, g, o = mx.split(xp + h @ self.Wh, 3, axis=-1)
-        i = mx.sigmoid(i)
-        c = (1 - i) * c + i * mx.tanh(g)
-        h = mx.sigmoid(o) * mx.tanh(c)
+        i = sigmoid(i)
+        c = (1 - i) * c + i * tanh(g)
+        h = sigmoid(o) * tanh(c)
         return h, (h, c)
 
 
@@ -211,15 +235,15 @@ class NestedLSTM(Cell):
     def _level(self, d: int, gates: mx.array, cs: State) -> list[mx.array]:
         """Run level ``d`` from its gate pre-activations; return ``[h_d, c_d, c_{d+1}, ...]``."""
         i, f, g, o = mx.split(gates, 4, axis=-1)
-        h_inner = mx.sigmoid(f) * cs[d]
-        x_inner = mx.sigmoid(i) * (g if d == 0 else mx.tanh(g))
+        h_inner = sigmoid(f) * cs[d]
+        x_inner = sigmoid(i) * (g if d == 0 else tanh(g))
         if d == self.depth - 1:
             deeper = [h_inner + x_inner]
         else:
             level = self.inner[d]
             deeper = self._level(d + 1, x_inner @ level.Wx + h_inner @ level.Wh + level.b, cs)
         c = deeper[0]
-        return [mx.sigmoid(o) * mx.tanh(c), c, *deeper[1:]]
+        return [sigmoid(o) * tanh(c), c, *deeper[1:]]
 
     def recur(self, xp, state):
         h, *cs = state
