@@ -21,11 +21,13 @@ from mlx.utils import tree_flatten
 
 from edge_rnn.cells import CELLS, State, make_cell
 from edge_rnn.io import EdgeRNNError, atomic_path, atomic_write_text
+from edge_rnn.loss import cross_entropy
 from edge_rnn.vocab import N_SYMBOLS, PAD, UNK, Vocab
 
 TASKS = ("autocomplete", "charlm")
 CONFIG, WEIGHTS, VOCAB, METRICS = "config.json", "weights.safetensors", "vocab.json", "metrics.jsonl"
 TRAIN = "train.json"  # the training settings (corpus, seed, ...): how to rebuild the run's data
+QUANTIZATION = "quantization.json"  # written by edge-rnn quantize: which modules hold quantized weights
 
 
 @dataclass
@@ -121,9 +123,12 @@ class RNNModel(nn.Module):
         """
         logits, _ = self(ids)
         weights = self.loss_weights(targets)
-        ce = nn.losses.cross_entropy(logits, targets, reduction="none")
+        if all(cell.manual_backward for cell in self.layers):  # fast path: fused softmax backward
+            ce, top1 = cross_entropy(logits, targets)
+        else:  # the autodiff reference path
+            ce, top1 = nn.losses.cross_entropy(logits, targets, reduction="none"), logits.argmax(axis=-1)
         n = mx.maximum(weights.sum(), 1)
-        hits = ((logits.argmax(axis=-1) == targets) & weights).sum()
+        hits = ((top1 == targets) & weights).sum()
         return (ce * weights).sum() / n, (n, hits)
 
     def recurrent_parameters(self) -> int:
@@ -159,6 +164,7 @@ def load(run_dir: Path) -> tuple[RNNModel, Vocab | None]:
     run_dir = Path(run_dir)
     config = load_config(run_dir)
     model = RNNModel(config)
+    _quantize_like_saved(model, run_dir)
     path = run_dir / WEIGHTS
     if not path.is_file():
         raise EdgeRNNError(f"{run_dir} has no weights ({WEIGHTS} missing)")
@@ -178,6 +184,20 @@ def load(run_dir: Path) -> tuple[RNNModel, Vocab | None]:
             raise EdgeRNNError(f"{run_dir}: vocab.json has {len(vocab)} words but the model outputs "
                                f"{config.n_outputs}; they do not belong together")
     return model, vocab
+
+
+def _quantize_like_saved(model: RNNModel, run_dir: Path) -> None:
+    """Swap in ``nn.QuantizedLinear`` where the run was saved quantized (``quantization.json``,
+    written by ``edge_rnn.quantize``), so the packed weights, scales and biases load strictly."""
+    path = run_dir / QUANTIZATION
+    if not path.is_file():
+        return
+    try:
+        spec = json.loads(path.read_text())
+        modules, bits, group_size = set(spec["modules"]), int(spec["bits"]), int(spec["group_size"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise EdgeRNNError(f"{path} is not a valid quantization record: {err}") from None
+    nn.quantize(model, group_size=group_size, bits=bits, class_predicate=lambda name, _: name in modules)
 
 
 # ---- presets ---------------------------------------------------------------------------------
