@@ -24,8 +24,9 @@ mantissa would reorder close candidates and flush small probabilities to zero. T
 ``common::add_int16_cast`` (fp16 pipeline, iOS 17+) narrows ``topk`` indices to 16 bits, which
 wraps word ids above 65,535; it is always removed from the pipeline here.
 
-coremltools is imported inside the functions: importing it costs ~0.8 s and prints warnings on
-Linux, and ``edge-rnn --help`` must stay fast.
+Only the Core ML paths import this module (``bundle.export_bundle`` and ``quantize`` import it
+where they need it): coremltools costs ~0.8 s and prints warnings on Linux at import, and
+``edge-rnn --help`` and the ONNX paths must stay fast and quiet.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import coremltools as ct
 import numpy as np
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil import Function, Program, types
+from coremltools.proto import FeatureTypes_pb2
 
 from edge_rnn.export.bundle import state_names
 from edge_rnn.io import EdgeRNNError
@@ -72,7 +77,6 @@ def _layer_params(params: Params, layer: int) -> Params:
 
 def _linear(x, W: np.ndarray, b: np.ndarray | None = None):
     """``x W + b`` with ``W`` stored ``(in, out)`` as in cells.py; ``mb.linear`` wants ``(out, in)``."""
-    from coremltools.converters.mil import Builder as mb
 
     bias = np.zeros(W.shape[1], np.float32) if b is None else b
     return mb.linear(x=x, weight=np.ascontiguousarray(W.T), bias=bias)
@@ -80,7 +84,6 @@ def _linear(x, W: np.ndarray, b: np.ndarray | None = None):
 
 def _gates(p: Params, x, h, n: int) -> list:
     """``x Wx + b + h Wh`` split into the cell's ``n`` gate blocks."""
-    from coremltools.converters.mil import Builder as mb
 
     z = mb.add(x=_linear(x, p["Wx"], p["b"]), y=_linear(h, p["Wh"]))
     return list(mb.split(x=z, num_splits=n, axis=-1)) if n > 1 else [z]
@@ -88,7 +91,6 @@ def _gates(p: Params, x, h, n: int) -> list:
 
 def _rnn(p: Params, x, state: tuple) -> tuple:
     """``h = tanh(x Wx + h Wh + b)``"""
-    from coremltools.converters.mil import Builder as mb
 
     (h,) = state
     (g,) = _gates(p, x, h, 1)
@@ -103,7 +105,6 @@ def _gru(p: Params, x, state: tuple) -> tuple:
         n = tanh(xn + r * (hn + bhn))
         h = (1 - z) * n + z * h
     """
-    from coremltools.converters.mil import Builder as mb
 
     (h,) = state
     xr, xz, xn = mb.split(x=_linear(x, p["Wx"], p["b"]), num_splits=3, axis=-1)
@@ -117,7 +118,6 @@ def _gru(p: Params, x, state: tuple) -> tuple:
 
 def _lstm(p: Params, x, state: tuple) -> tuple:
     """``c = sigmoid(f) * c + sigmoid(i) * tanh(g)``;  ``h = sigmoid(o) * tanh(c)``"""
-    from coremltools.converters.mil import Builder as mb
 
     h, c = state
     i, f, g, o = _gates(p, x, h, 4)
@@ -128,7 +128,6 @@ def _lstm(p: Params, x, state: tuple) -> tuple:
 
 def _cifg(p: Params, x, state: tuple) -> tuple:
     """``i = sigmoid(i)``;  ``c = (1 - i) * c + i * tanh(g)``;  ``h = sigmoid(o) * tanh(c)``"""
-    from coremltools.converters.mil import Builder as mb
 
     h, c = state
     i, g, o = _gates(p, x, h, 3)
@@ -146,7 +145,6 @@ def _nlstm_level(levels: list[Params], d: int, x, h, cs: tuple) -> list:
         c_d = h~ + x~  (innermost)     |   level d+1 run on (x~, h~)
         h_d = sigmoid(o) * tanh(c_d)
     """
-    from coremltools.converters.mil import Builder as mb
 
     i, f, g, o = _gates(levels[d], x, h, 4)
     h_inner = mb.mul(x=mb.sigmoid(x=f), y=cs[d])
@@ -175,7 +173,6 @@ CELL_GRAPHS: dict[str, Callable[[Params, Any, tuple], tuple]] = {
 
 def _head(params: Params, h, top_k: int, with_log_probs: bool) -> list:
     """Logits -> softmax -> top-k (and log-softmax); every op named ``head_*`` so fp16 leaves it fp32."""
-    from coremltools.converters.mil import Builder as mb
 
     W, b = params["head.weight"], params["head.bias"]  # nn.Linear: weight (V, H), as mb.linear wants
     logits = mb.linear(x=h, weight=W, bias=b, name=HEAD + "logits")
@@ -195,7 +192,6 @@ def _named(var, name: str):
 
 def _embed(params: Params, char):
     """``table[char]`` with the constant zero row for ``<pad>`` (id 0) in front of the trained rows."""
-    from coremltools.converters.mil import Builder as mb
 
     emb = params["embedding"]
     table = np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb])
@@ -209,7 +205,6 @@ def _read_states(state_vars: list, state: str) -> list:
     fp16 leaves ``cast(fp16->fp32)`` followed by ``cast(fp32->fp16)``, which ``cast_optimization``
     removes, so the fp16 program computes on the state buffer directly.
     """
-    from coremltools.converters.mil import Builder as mb
 
     if state == "io":
         return list(state_vars)
@@ -218,8 +213,6 @@ def _read_states(state_vars: list, state: str) -> list:
 
 def _write_states(state_vars: list, new_values: list, names: list[str], state: str) -> list:
     """io: the next states become outputs ``<name>_next``. mlstate: ``coreml_update_state``."""
-    from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.mil import types
 
     if state == "io":
         return [_named(v, f"{n}_next") for v, n in zip(new_values, names)]
@@ -232,9 +225,6 @@ def _write_states(state_vars: list, new_values: list, names: list[str], state: s
 
 def _build_program(model: RNNModel, top_k: int, state: str, with_log_probs: bool):
     """A fresh MIL program for one ``ct.convert`` (which mutates the program it is given)."""
-    import coremltools as ct
-    from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.mil import Function, Program, types
 
     cfg, params = model.config, _numpy_params(model)
     names = state_names(cfg)
@@ -280,7 +270,6 @@ def _check_args(model: RNNModel, top_k: int, state: str, precision: str) -> None
 
 def _convert(prog, state: str, precision: str):
     """``ct.convert`` the MIL program; fp16 leaves ``head_*`` ops in fp32 and never narrows top-k ids."""
-    import coremltools as ct
 
     pipeline = ct.PassPipeline.DEFAULT
     pipeline.remove_passes(["common::add_int16_cast"])  # 16-bit top-k ids wrap above 65,535 words
@@ -339,7 +328,6 @@ def _save(mlmodel, target: Path) -> None:
 
 def _io_entries(spec_features) -> list[dict]:
     """Name, dtype and shape of spec inputs/outputs/states, as the model description states them."""
-    from coremltools.proto import FeatureTypes_pb2
 
     entries = []
     for f in spec_features:
