@@ -89,10 +89,14 @@ PREFIX_FULL_SHARE = 0.3
 # matmul, folded into the embedding, and the native ops' Unsqueeze/Squeeze). Over a sequence the
 # native GRU/LSTM operators beat Scan's per-step overhead by 1.2-2x at H <= 256 (the edge presets);
 # at H = 600 Scan is on par or faster (pass impl="matmul" there). The plain RNN is faster as a
-# Scan at every size. The Nested LSTM has no native operator.
+# Scan at every size. The Nested LSTM has no native operator. The prefill graph nevertheless uses
+# the matmul form by default: it is then bit-identical to streaming the step graph (same ops per
+# time step), which the runtime needs when it rebuilds a state after a long backspace or restarts
+# an observation (edge_rnn.runtime); the native operators differ in the last bits (~5e-8), and a
+# prefill runs once per ~100 typed characters, not per keystroke.
 DEFAULT_IMPL = {
     "step": {"rnn": "matmul", "gru": "matmul", "lstm": "matmul", "cifg": "matmul", "nlstm": "matmul"},
-    "prefill": {"rnn": "matmul", "gru": "native", "lstm": "native", "cifg": "native", "nlstm": "matmul"},
+    "prefill": {"rnn": "matmul", "gru": "matmul", "lstm": "matmul", "cifg": "matmul", "nlstm": "matmul"},
 }
 
 
