@@ -68,12 +68,23 @@ def normalise(text: str) -> str:
     """Training's normalisation (``edge_rnn.data.normalise``: ASCII-lowercase, a-z kept, any other
     run of characters one space), keeping a space at either end where ``text`` has a non-letter:
     typed text is a fragment, and a trailing space means "this word is finished"."""
+    if text in _KEYSTROKE:  # one plain key: the common case, without the vectorised machinery
+        return _KEYSTROKE[text]
     core = data.normalise(text)
     if not core:
         return " " if text else ""
     lead = "" if _is_letter(text[0]) else " "
     trail = "" if _is_letter(text[-1]) else " "
     return lead + core + trail
+
+
+_KEYSTROKE = {ch: ch.lower() for ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"} | {" ": " "}
+
+
+def field_symbols(raw: str) -> str:
+    """The symbols a fresh session steps for ``raw``: normalised, a leading space, no two spaces."""
+    symbols = normalise(raw)
+    return symbols if not symbols or symbols.startswith(" ") else " " + symbols
 
 
 def _is_letter(ch: str) -> bool:
@@ -119,14 +130,18 @@ def prefix_range(sorted_words: list[str], prefix: str, offset: int = 2) -> tuple
     return offset + lo, offset + hi
 
 
-def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
-    """``np.argsort(-scores, kind="stable")[:k]`` in O(V) instead of O(V log V): a keystroke must
-    not pay for sorting 10,000 words. Ties at the cut keep the lowest ids, as the stable sort does."""
-    if k >= scores.size:
-        return np.argsort(-scores, kind="stable")
-    cut = np.partition(scores, scores.size - k)[scores.size - k]  # the k-th largest value
-    candidates = np.flatnonzero(scores >= cut)  # k or more (ties), in id order
-    return candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
+def top_k_stable(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the ``k`` largest ``scores``, largest first; ties go to the lower ``ids``
+    (default: the positions themselves, i.e. ``np.argsort(-scores, kind="stable")[:k]``). O(V), not
+    O(V log V): a keystroke must not pay for sorting 10,000 words."""
+    n = scores.size
+    if k < n:
+        cut = np.partition(scores, n - k)[n - k]  # the k-th largest value
+        positions = np.flatnonzero(scores >= cut)  # k or more (ties)
+    else:
+        positions = np.arange(n)
+    tie = positions if ids is None else ids[positions]
+    return positions[np.lexsort((tie, -scores[positions]))[:k]]
 
 
 def _labels(task: str, words: list[str]) -> list[str]:
@@ -299,6 +314,18 @@ class Session:
         if n:
             self._rebuild(self.text[: max(len(self.text) - n, 0)])
 
+    def edit(self, before: str, after: str) -> None:
+        """Follow a text box whose raw text went from ``before`` to ``after``: type what was
+        appended, backspace what was deleted at the end, retype after an edit in the middle."""
+        old, new = field_symbols(before), field_symbols(after)
+        if new.startswith(old):
+            self.type(after[len(before):] if after.startswith(before) else new[len(old):])
+        elif old.startswith(new):
+            self.backspace(len(old) - len(new))
+        else:
+            self.reset()
+            self.type(after)
+
     def accept(self, word: str) -> None:
         """Put ``word`` in place of the partly typed word and finish it with a space."""
         if self.backend.task != "autocomplete" or not word or not all("a" <= ch <= "z" for ch in word):
@@ -389,35 +416,35 @@ class WordIndex:
     """The output words sorted once, so a prefix's candidates are one bisected range."""
 
     def __init__(self, labels: list[str], task: str):
-        n, self.labels = len(labels), labels
-        self.allowed = np.ones(n, bool)  # outputs that may be suggested at all
+        self.labels = labels
+        self.allowed = [True] * len(labels)  # outputs that may be suggested at all
         self.allowed[PAD] = False
-        if task != "autocomplete":  # char LM: any symbol but <pad>, no prefix
-            self.order, self.sorted_words = np.zeros(0, np.int64), []
-            return
-        self.allowed[UNK] = False
-        self.order = 2 + np.argsort(np.array(labels[2:]), kind="stable")  # alphabetical rank -> id
-        self.sorted_words = [labels[i] for i in self.order]
+        if task == "autocomplete":
+            self.allowed[UNK] = False
+        # alphabetical rank -> output id (char LM: no words, the prefix is always "")
+        self.order = 2 + np.argsort(np.array(labels[2:]), kind="stable") if task == "autocomplete" else None
+        self.sorted_words = [labels[i] for i in self.order] if self.order is not None else []
 
     def candidates(self, prefix: str) -> np.ndarray:
-        """Output ids of the words starting with ``prefix``, in id order."""
+        """Output ids of the words starting with ``prefix``, in alphabetical order."""
         lo, hi = prefix_range(self.sorted_words, prefix, offset=0)
-        return np.sort(self.order[lo:hi])
+        return self.order[lo:hi]
 
     def best(self, out: StepOutput, prefix: str, k: int, prefix_head: bool) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most probable allowed words consistent with ``prefix``; ties: lower id."""
-        labels = self.labels
-        shown = np.array([self.allowed[i] and labels[i].startswith(prefix) for i in out.top_ids], bool)
+        labels, allowed = self.labels, self.allowed
+        top = out.top_ids.tolist()
+        shown = [j for j, i in enumerate(top) if allowed[i] and labels[i].startswith(prefix)]
         # the graph's top-k is the global top-k: if k of it match, they are the range's best k
-        if prefix_head or shown.sum() >= k or out.log_probs is None:
-            return out.top_ids[shown][:k], out.top_probs[shown][:k]
+        if prefix_head or len(shown) >= k or out.log_probs is None:
+            shown = shown[:k]
+            return out.top_ids[shown], out.top_probs[shown]
         if prefix:
             ids = self.candidates(prefix)
-            best = ids[top_k_stable(out.log_probs[ids], k)]
-        else:
-            scores = np.where(self.allowed, out.log_probs, -np.inf)
-            best = top_k_stable(scores, k)
-            best = best[self.allowed[best]]
+            best = ids[top_k_stable(out.log_probs[ids], k, ids)]
+        else:  # two more than asked for, then <pad> and <unk> out
+            best = top_k_stable(out.log_probs, k + 2)
+            best = best[[allowed[i] for i in best.tolist()]][:k]
         return best, np.exp(out.log_probs[best])
 
 
