@@ -49,8 +49,10 @@ def train(
     autodiff: bool = typer.Option(False, help="Use MLX autodiff instead of the cells' hand-written backward (reference path)."),
     out: Optional[Path] = typer.Option(None, help="Run directory to create (default: runs/<preset or cell>-<time>)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    distributed: bool = typer.Option(False, "--distributed", help="Data-parallel over the ranks that mlx.launch started (joined automatically when launched; this flag makes it an error not to be). --batch-size stays the global batch."),
 ):
     """Train a model and write a run directory (config, weights, vocabulary, metrics)."""
+    from edge_rnn import distributed as ranks_of_run
     from edge_rnn.train import TrainConfig
     from edge_rnn.train import train as run_training
 
@@ -60,9 +62,16 @@ def train(
             raise _fail("--resume needs --out RUN_DIR")
         out = Path("runs") / f"{preset or model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = TrainConfig(corpus=corpus, steps=steps, batch_size=batch_size, lr=lr, clip=clip,
-                         eval_every=eval_every, seed=seed, autodiff=autodiff, minutes=minutes)
+                         eval_every=eval_every, seed=seed, autodiff=autodiff, minutes=minutes,
+                         distributed=distributed)
+    ranks = ranks_of_run.init(distributed)
+    if not ranks.main:  # rank 0 speaks for the run
+        run_training(model_config, config, out, resume=resume)
+        return
+    parallel = (f", {ranks.size} ranks x {batch_size // max(ranks.size, 1)} rows (global batch {batch_size})"
+                if ranks.size > 1 else "")
     console.print(f"training [bold]{model_config.cell}[/] {model_config.layers}x{model_config.units} "
-                  f"on {corpus!r} -> {out}")
+                  f"on {corpus!r}{parallel} -> {out}")
     with training_progress(steps) as hook:
         final = run_training(model_config, config, out, resume=resume, progress=hook)
     console.print(metrics_table(f"validation after {final['steps']} steps", {"valid": final}))

@@ -22,6 +22,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from edge_rnn import distributed
 from edge_rnn.data import Dataset, Splits, load_corpus, make_splits, most_frequent_baseline
 from edge_rnn.io import EdgeRNNError
 from edge_rnn.model import TRAIN, RNNModel, load, load_config
@@ -50,13 +51,21 @@ def _batch_sums(model: RNNModel, ids: mx.array, targets: mx.array) -> mx.array:
     ]).astype(mx.float32)
 
 
-def evaluate(model: RNNModel, data: Dataset, batch_size: int = 64, max_batches: int | None = None) -> dict:
-    """Metrics of ``model`` on ``data`` (all of it, or the first ``max_batches`` batches)."""
+def evaluate(model: RNNModel, data: Dataset, batch_size: int = 64, max_batches: int | None = None,
+             ranks: distributed.Ranks = distributed.Ranks(None)) -> dict:
+    """Metrics of ``model`` on ``data`` (all of it, or the first ``max_batches`` batches).
+
+    With several ranks each takes every ``size``-th batch and the sums are added over ranks:
+    the same numbers as one process.
+    """
     sums = np.zeros(6, dtype=np.float64)
     for k, (ids, targets) in enumerate(data.batches(batch_size, shuffle=False)):
         if max_batches is not None and k >= max_batches:
             break
-        sums += np.array(_batch_sums(model, mx.array(ids), mx.array(targets)), dtype=np.float64)
+        if k % ranks.size == ranks.rank:
+            sums += np.array(_batch_sums(model, mx.array(ids), mx.array(targets)), dtype=np.float64)
+    if ranks.size > 1:  # float32 on the wire: counts stay exact below 2**24 per rank
+        sums = np.array(distributed.all_sum(mx.array(sums.astype(np.float32)), ranks), dtype=np.float64)
     ce_sum, n_loss, n_valid, n_unk, top1, top3 = sums
     ce = float(ce_sum / max(n_loss, 1))
     metrics = {

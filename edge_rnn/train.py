@@ -24,6 +24,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from edge_rnn import distributed
 from edge_rnn import model as modeling
 from edge_rnn.data import Dataset, Splits, load_corpus, make_splits
 from edge_rnn.evaluate import evaluate
@@ -47,6 +48,8 @@ class TrainConfig:
     seed: int = 0
     autodiff: bool = False  # use MLX autodiff instead of the cells' hand-written backward
     minutes: float | None = None  # stop early after this much training time (a fixed budget)
+    distributed: bool = False  # require mlx.launch's group (it is joined anyway when launched)
+    ranks: int = 1  # data-parallel processes; each trains on batch_size // ranks rows of a batch
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -67,14 +70,16 @@ def batch_at(data: Dataset, step: int, batch_size: int, seed: int, max_len: int)
     return np.pad(ids, ((0, 0), (0, pad))), np.pad(targets, ((0, 0), (0, pad)))
 
 
-def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None) -> Callable:
-    """One compiled update: loss, gradients (clipped if asked), Adam."""
+def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None,
+              ranks: distributed.Ranks = distributed.Ranks(None)) -> Callable:
+    """One compiled update: loss, gradients (averaged over ranks, clipped if asked), Adam."""
     loss_and_grad = nn.value_and_grad(model, model.loss)
     state = [model.state, optimizer.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
     def step(ids, targets):
         (loss, (n, hits)), grads = loss_and_grad(ids, targets)
+        loss, n, hits, grads = distributed.reduce_step(loss, n, hits, grads, ranks)
         if clip is not None:
             grads, _ = optim.clip_grad_norm(grads, clip)
         optimizer.update(model, grads)
@@ -112,13 +117,17 @@ def load_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer) 
         raise EdgeRNNError(f"{ckpt} is damaged: {err}") from None
 
 
-def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume: bool):
+def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume: bool,
+            ranks: distributed.Ranks = distributed.Ranks(None)):
     """Build (or restore) the data, model, optimizer and starting step of a run."""
     run_dir = Path(run_dir)
     if resume:
         if not (run_dir / CHECKPOINT / STEP).is_file():
             raise EdgeRNNError(f"nothing to resume in {run_dir} (no {CHECKPOINT})")
         config = TrainConfig.from_dict({**json.loads((run_dir / modeling.TRAIN).read_text()), "steps": config.steps})
+        if config.ranks != ranks.size:
+            raise EdgeRNNError(f"{run_dir} was trained on {config.ranks} rank(s) and this is {ranks.size}: "
+                               f"resume it with the same number (mlx.launch -n {config.ranks})")
         model_config = modeling.load_config(run_dir)
     elif (run_dir / modeling.CONFIG).exists():
         raise EdgeRNNError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
@@ -141,8 +150,9 @@ def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resum
         model = RNNModel(model_config)
         optimizer.init(model.trainable_parameters())
         start = 0
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / modeling.TRAIN, json.dumps(asdict(config), indent=2))
+        if ranks.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / modeling.TRAIN, json.dumps(asdict(config), indent=2))
     for cell in model.layers:
         cell.manual_backward = not config.autodiff
     mx.eval(model.parameters(), optimizer.state)
@@ -170,31 +180,50 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
     """Train (or resume) a run; returns the final validation metrics.
 
     Stops after ``config.steps`` steps or ``config.minutes`` of training, whichever comes first.
-    ``progress(step, stats)`` is called after every step (the CLI draws its bar with it).
+    ``progress(step, stats)`` is called after every step (the CLI draws its bar with it). Started
+    by ``mlx.launch``, every rank runs this with the same arguments (``edge_rnn.distributed``).
     """
     run_dir = Path(run_dir)
     if mx.default_device() == mx.cpu:
         # MLX's CPU allocator keeps only 32 MB of freed buffers by default, so every step's
         # 100-500 MB logits and gradients came fresh from the OS: seconds per step, measured
         mx.set_cache_limit(4 << 30)
-    model, optimizer, splits, config, start = prepare(model_config, config, run_dir, resume)
+    ranks = distributed.init(config.distributed)
+    rows = distributed.shard(config.batch_size, ranks)
+    config = TrainConfig.from_dict({**asdict(config), "ranks": ranks.size})
+    model, optimizer, splits, config, start = prepare(model_config, config, run_dir, resume, ranks)
     if start >= config.steps:
         raise EdgeRNNError(f"{run_dir} already reached step {start}; pass a larger --steps to continue")
-    step_fn = make_step(model, optimizer, config.clip)
+    if not ranks.main:
+        progress = None
+    step_fn = make_step(model, optimizer, config.clip, ranks)
+    try:
+        return _loop(model, optimizer, splits, config, run_dir, start, step_fn, ranks, rows, progress)
+    except RuntimeError as err:
+        if distributed.peer_lost(err):
+            raise distributed.PeerLost(ranks, err) from None
+        raise
+
+
+def _loop(model, optimizer, splits, config, run_dir, start, step_fn, ranks, rows, progress) -> dict:
+    """Steps, periodic validation and checkpoints (rank 0 writes), until the steps or minutes end."""
     deadline = time.perf_counter() + 60 * config.minutes if config.minutes else float("inf")
     window, valid = Window(), {}
     for step in range(start + 1, config.steps + 1):
         ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
-        loss, n, hits = step_fn(mx.array(ids), mx.array(targets))
+        loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]))
         stats = window.add(loss, n, hits, ids)
         if progress:
             progress(step, stats)
-        last = step == config.steps or time.perf_counter() > deadline
+        # every rank must agree on stopping: rank 0's clock decides for all
+        last = step == config.steps or (config.minutes is not None and bool(distributed.all_sum(
+            mx.array(ranks.main and time.perf_counter() > deadline), ranks).item()))
         if step % config.eval_every == 0 or last:
-            _log(run_dir, {"step": step, "split": "train", **stats})
-            valid = evaluate(model, splits.valid, config.batch_size, None if last else config.eval_batches)
-            _log(run_dir, {"step": step, "split": "valid", **valid})
-            save_checkpoint(run_dir, model, optimizer, step, splits)
+            valid = evaluate(model, splits.valid, config.batch_size, None if last else config.eval_batches, ranks)
+            if ranks.main:
+                _log(run_dir, {"step": step, "split": "train", **stats})
+                _log(run_dir, {"step": step, "split": "valid", **valid})
+                save_checkpoint(run_dir, model, optimizer, step, splits)
             window = Window()
             if progress:
                 progress(step, {**stats, "valid": valid})
