@@ -21,6 +21,7 @@ if sys.argv[1] == "none-found":
     blas = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(blas)  # the loader alone: edge_rnn/__init__ would load the real one
     blas._CANDIDATES = ["/nonexistent/libblas.so.3"]
+    blas._find_mkl = lambda: None
     ctypes.util.find_library = lambda name: None
     blas.load()
     loaded = blas.loaded
@@ -35,7 +36,8 @@ c = np.array(mx.array(a) @ mx.array(b))
 # numpy's own OpenBLAS (scipy_openblas, symbols renamed) is mapped in every process: not that one
 mapped = [line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.lower()]
 openblas = any("scipy_openblas" not in path for path in mapped)
-print(json.dumps({"loaded": loaded, "openblas_mapped": openblas, "matmul": c.tolist()}))
+mkl = any("libmkl" in line for line in open("/proc/self/maps"))
+print(json.dumps({"loaded": loaded, "openblas_mapped": openblas, "mkl_mapped": mkl, "matmul": c.tolist()}))
 """
 
 
@@ -94,3 +96,14 @@ def test_none_found_prints_one_line_with_the_fix():
     assert "slow reference BLAS" in lines[0] and "apt-get install libopenblas0-pthread" in lines[0]
     reference, _ = probe("off")
     np.testing.assert_allclose(np.array(result["matmul"]), np.array(reference["matmul"]), rtol=1e-5, atol=1e-5)
+
+
+def test_mkl_from_pypi_is_the_fallback_and_agrees_with_reference():
+    """A fresh ``pip install`` (no apt) gets MKL from its wheel: ``mkl`` picks only that source."""
+    fast, err = probe("mkl")
+    assert fast["loaded"] and "libmkl_rt" in fast["loaded"]
+    assert fast["mkl_mapped"] and not fast["openblas_mapped"]
+    assert err == ""
+    reference, _ = probe("off")
+    assert not reference["mkl_mapped"]
+    np.testing.assert_allclose(np.array(fast["matmul"]), np.array(reference["matmul"]), rtol=1e-4, atol=1e-4)
