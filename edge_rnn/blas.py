@@ -76,21 +76,23 @@ def _find_mkl() -> str | None:
     return path
 
 
-def _choose(choice: str) -> str | None:
+def _sources(choice: str) -> list:
+    """What to try, in order: each is a function returning a library path or None."""
     if choice in {"", "auto"}:
-        return _find() or _find_mkl()
+        return [_find, _find_mkl]
     if choice == "openblas":
-        return _find()
+        return [_find]
     if choice == "mkl":
-        return _find_mkl()
-    return choice
+        return [_find_mkl]
+    return [lambda: choice]
 
 
 def load() -> str | None:
     """Load a fast BLAS globally if we are on Linux and MLX is not imported yet.
 
     Returns the loaded path, or None. Never raises: a missing BLAS only costs speed, so it is a
-    one-line warning, not an error.
+    one-line warning, not an error. In ``auto`` a library that is found but does not load (a
+    dangling ``libopenblas.so.0`` link in the linker cache) falls through to the next source.
     """
     global loaded
     choice = os.environ.get(ENV, "auto").strip()
@@ -98,20 +100,20 @@ def load() -> str | None:
         return loaded
     if "mlx.core" in sys.modules:
         return None  # too late to change what MLX's symbols resolve to
-    try:
-        path = _choose(choice if os.sep in choice else choice.lower())
-    except OSError as err:
-        print(f"edge-rnn: could not load MKL's OpenMP runtime ({err}); using the reference BLAS", file=sys.stderr)
-        return None
-    if path is None:
+    failures = []
+    for source in _sources(choice if os.sep in choice else choice.lower()):
+        path = None
+        try:
+            path = source()
+            if path is not None:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                loaded = path
+                return path
+        except OSError as err:
+            failures.append(f"could not load BLAS {path!r} ({err})")
+    if failures:
+        print(f"edge-rnn: {'; '.join(failures)}; using the reference BLAS", file=sys.stderr)
+    else:
         print(f"edge-rnn: MLX will use the slow reference BLAS; for ~30x faster training: {FIX}",
               file=sys.stderr)
-        return None
-    try:
-        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-    except OSError as err:
-        print(f"edge-rnn: could not load BLAS {path!r} ({err}); using the reference BLAS",
-              file=sys.stderr)
-        return None
-    loaded = path
-    return path
+    return None
