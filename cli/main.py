@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -67,10 +68,22 @@ def train(
                          checkpoint_minutes=checkpoint_minutes, log_seconds=log_seconds)
     console.print(f"training [bold]{model_config.cell}[/] {model_config.layers}x{model_config.units} "
                   f"on {corpus!r} -> {out}")
-    with training_progress(steps) as hook:
+    with _interruptible(out), training_progress(steps) as hook:
         final = run_training(model_config, config, out, resume=resume, progress=hook, echo=plain_lines())
     console.print(metrics_table(f"validation after {final['steps']} steps", {"valid": final}))
     console.print(f"run saved in [bold]{out}[/]")
+
+
+@contextmanager
+def _interruptible(out: Path):
+    """Ctrl-C during training: the loop has saved a checkpoint; say how to go on, exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        saved = "checkpoint saved; " if (Path(out) / "checkpoint" / "step.json").exists() else ""
+        err_console.print(f"interrupted: {saved}continue with the same command plus --resume --out {out}",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 def _model_config(cell, preset, layers, units, depth, embed_dim, vocab_size, task):
@@ -235,5 +248,5 @@ def main() -> None:
         err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        err_console.print("interrupted (a training run saved a checkpoint: continue it with --resume)")
+        err_console.print("interrupted")
         sys.exit(130)
