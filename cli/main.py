@@ -65,7 +65,8 @@ def train(
         out = Path("runs") / f"{preset or model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = TrainConfig(corpus=corpus, steps=steps, batch_size=batch_size, lr=lr, clip=clip,
                          eval_every=eval_every, seed=seed, autodiff=autodiff, minutes=minutes,
-                         checkpoint_minutes=checkpoint_minutes, log_seconds=log_seconds)
+                         checkpoint_minutes=checkpoint_minutes, log_seconds=log_seconds,
+                         exact_vocab=vocab_size is not None)
     console.print(f"training [bold]{model_config.cell}[/] {model_config.layers}x{model_config.units} "
                   f"on {corpus!r} -> {out}")
     with _interruptible(out), training_progress(steps) as hook:
@@ -240,12 +241,15 @@ def _fail(message: str) -> typer.Exit:
 
 def main() -> None:
     """Console entry point: library errors become one line and exit status 1, never a traceback."""
+    from rich.markup import escape
+
     from edge_rnn.io import EdgeRNNError
 
     try:
         app()
     except EdgeRNNError as err:
-        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        message = " ".join(str(err).split())  # one line even when a library's message has several
+        err_console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -8,7 +8,9 @@ written file where a good one was.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import struct
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -18,6 +20,13 @@ from typing import Iterator
 
 class EdgeRNNError(Exception):
     """A user-facing error: bad input, a missing or corrupt file. The CLI prints it in one line."""
+
+
+def _why(err: OSError) -> str:
+    """An OSError in words; mkdir over a file says 'File exists', which misleads."""
+    if isinstance(err, FileExistsError) or err.errno == 20:  # ENOTDIR
+        return f"{err.filename} is a file, not a folder"
+    return err.strerror or str(err)
 
 
 def _umask() -> int:
@@ -42,7 +51,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         # keep the real suffix: some writers (mx.save_safetensors) append theirs when it is missing
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
     except OSError as err:
-        raise EdgeRNNError(f"could not write {path}: {err.strerror or err}") from None
+        raise EdgeRNNError(f"could not write {path}: {_why(err)}") from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -51,7 +60,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
             normal_mode(tmp)
         os.replace(tmp, path)
     except OSError as err:
-        raise EdgeRNNError(f"could not write {path}: {err.strerror or err}") from None
+        raise EdgeRNNError(f"could not write {path}: {_why(err)}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -81,7 +90,7 @@ def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     except OSError as err:
-        raise EdgeRNNError(f"could not write {path}: {err.strerror or err}") from None
+        raise EdgeRNNError(f"could not write {path}: {_why(err)}") from None
     try:
         yield tmp
         _normal_tree(tmp)
@@ -94,7 +103,7 @@ def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
     except OSError as err:
-        raise EdgeRNNError(f"could not write {path}: {err.strerror or err}") from None
+        raise EdgeRNNError(f"could not write {path}: {_why(err)}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -117,3 +126,22 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise unless ``path`` holds every byte its safetensors header promises.
+
+    MLX's writer does not report failed writes (writing to /dev/full succeeds), so a full disk
+    would leave a truncated file that the rename then puts over a good one: check before renaming.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        complete = path.stat().st_size >= 8 + n + end
+    except (OSError, ValueError, struct.error, KeyError, TypeError):
+        complete = False
+    if not complete:
+        raise EdgeRNNError(f"could not write {path.name}: the file is incomplete (disk full?)")

@@ -37,7 +37,7 @@ from edge_rnn import model as modeling
 from edge_rnn.data import Dataset, Splits, load_corpus, make_splits
 from edge_rnn.evaluate import evaluate
 from edge_rnn.faults import crash_point
-from edge_rnn.io import EdgeRNNError, atomic_dir, atomic_write_text
+from edge_rnn.io import EdgeRNNError, atomic_dir, atomic_write_text, check_safetensors
 from edge_rnn.model import ModelConfig, RNNModel
 
 CHECKPOINT = "checkpoint"
@@ -60,6 +60,7 @@ class TrainConfig:
     minutes: float | None = None  # stop early after this much training time (a fixed budget)
     checkpoint_minutes: float = 5.0  # also checkpoint after this much time since the last one
     log_seconds: float = 30.0  # a progress line in train.log (and on a non-terminal) this often
+    exact_vocab: bool = False  # the vocabulary size was asked for explicitly: too few words is an error
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "eval_batches"):
@@ -131,6 +132,8 @@ def save_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, 
         mx.save_safetensors(str(tmp / modeling.WEIGHTS), dict(tree_flatten(model.parameters())))
         mx.save_safetensors(str(tmp / OPTIMIZER), dict(tree_flatten(optimizer.state)))
         (tmp / STEP).write_text(json.dumps(position))
+        for name in (modeling.WEIGHTS, OPTIMIZER):
+            check_safetensors(tmp / name)
         crash_point("checkpoint")
     modeling.save(model, run_dir, splits.vocab)
 
@@ -188,6 +191,9 @@ def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resum
 
     text = load_corpus(config.corpus)
     splits = make_splits(text, model_config.task, model_config.vocab_size, config.max_len, config.seed)
+    if config.exact_vocab and splits.vocab is not None and len(splits.vocab) - 2 < model_config.vocab_size:
+        raise EdgeRNNError(f"--vocab-size {model_config.vocab_size} is more than the {len(splits.vocab) - 2} "
+                           "distinct words of the training split; ask for fewer or use a larger corpus")
     if splits.vocab is not None and len(splits.vocab) - 2 != model_config.vocab_size:
         # a small corpus has fewer distinct words than asked for: the head follows the data
         model_config = ModelConfig.from_dict({**asdict(model_config), "vocab_size": len(splits.vocab) - 2})
