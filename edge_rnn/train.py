@@ -155,6 +155,12 @@ def load_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, 
     return step, key
 
 
+def _records(run_dir: Path) -> list[dict]:
+    path = run_dir / modeling.METRICS
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(ln) for ln in lines if ln.strip() and _step_of(ln) < 1 << 62]
+
+
 def _forget_after(run_dir: Path, step: int) -> None:
     """Drop metrics logged after the checkpoint a resume starts from (they will be logged again)."""
     path = run_dir / modeling.METRICS
@@ -312,7 +318,10 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
         # 100-500 MB logits and gradients came fresh from the OS: seconds per step, measured
         mx.set_cache_limit(4 << 30)
     model, optimizer, splits, config, start, key = prepare(model_config, config, run_dir, resume)
-    if start >= config.steps:
+    if start == config.steps:  # killed after its last checkpoint, while exiting: nothing to redo
+        valid = [r for r in _records(run_dir) if r.get("split") == "valid" and r["step"] == start]
+        return {**(valid[-1] if valid else {}), "steps": start, "vocab_size": model.config.vocab_size}
+    if start > config.steps:
         raise EdgeRNNError(f"{run_dir} already reached step {start}; pass a larger --steps to continue")
     step_fn = make_step(model, optimizer, config.clip)
     deadline = time.perf_counter() + 60 * config.minutes if config.minutes else float("inf")
