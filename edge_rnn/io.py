@@ -95,7 +95,7 @@ def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
         yield tmp
         _normal_tree(tmp)
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = _old(path)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
@@ -106,6 +106,18 @@ def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
         raise EdgeRNNError(f"could not write {path}: {_why(err)}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _old(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_dir(path: Path) -> None:
+    """Finish an ``atomic_dir`` replacement cut between its two renames (old moved aside, new not
+    yet in place): put the old folder back, so a crash there loses nothing."""
+    path = Path(path)
+    if not path.exists() and _old(path).is_dir():
+        os.replace(_old(path), path)
 
 
 def _normal_tree(root: Path) -> None:

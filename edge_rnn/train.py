@@ -37,7 +37,7 @@ from edge_rnn import model as modeling
 from edge_rnn.data import Dataset, Splits, load_corpus, make_splits
 from edge_rnn.evaluate import evaluate
 from edge_rnn.faults import crash_point
-from edge_rnn.io import EdgeRNNError, atomic_dir, atomic_write_text, check_safetensors
+from edge_rnn.io import EdgeRNNError, atomic_dir, atomic_write_text, check_safetensors, recover_dir
 from edge_rnn.model import ModelConfig, RNNModel
 
 CHECKPOINT = "checkpoint"
@@ -118,13 +118,15 @@ def _log(run_dir: Path, record: dict) -> None:
 
 def save_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, step: int, splits: Splits,
                     config: TrainConfig, key: mx.array) -> None:
-    """Save the resume set as one folder, then the model where ``eval``/``export`` look.
+    """Save the model where ``eval``/``export`` look, then the resume set as one folder.
 
     ``checkpoint/`` (weights, optimizer state, step, data position, RNG key) is built aside and
     renamed into place, so a crash at any moment leaves a complete older or newer checkpoint, never
-    a mix of the two; it is the truth a resume starts from.
+    a mix of the two; it is the truth a resume starts from (the model files may be one save newer:
+    a resume replaces their weights with the checkpoint's).
     """
     mx.eval(model.parameters(), optimizer.state)
+    modeling.save(model, run_dir, splits.vocab)
     epoch, batch = data_position(splits.train, step, config.batch_size)
     position = {"step": step, "epoch": epoch, "batch_in_epoch": batch, "order_seed": config.seed + epoch,
                 "key": np.array(key).tolist()}
@@ -135,7 +137,6 @@ def save_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, 
         for name in (modeling.WEIGHTS, OPTIMIZER):
             check_safetensors(tmp / name)
         crash_point("checkpoint")
-    modeling.save(model, run_dir, splits.vocab)
 
 
 def load_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, splits: Splits,
@@ -181,6 +182,7 @@ def _step_of(line: str) -> int:
 def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume: bool):
     """Build (or restore) the data, model, optimizer and starting step of a run."""
     run_dir = Path(run_dir)
+    recover_dir(run_dir / CHECKPOINT)
     has_checkpoint = (run_dir / CHECKPOINT / STEP).is_file()
     if resume and (run_dir / modeling.TRAIN).is_file():
         try:

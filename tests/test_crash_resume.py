@@ -167,3 +167,14 @@ def test_progress_lines_without_a_terminal(tmp_path, corpus):
     assert sum("valid ce" in ln for ln in lines) == STEPS // EVAL_EVERY
     logged = (out / "train.log").read_text().splitlines()
     assert [ln for ln in logged if "chars/s" in ln] == progress  # the same lines, to train.log
+
+
+def test_killed_between_the_two_renames_of_a_checkpoint(tmp_path, corpus, straight):
+    """atomic_dir moves the old checkpoint aside, then the new one in: a kill in between leaves only
+    the old one, under its aside name; resume puts it back instead of starting again."""
+    out = tmp_path / "run"
+    assert run(train_args(corpus, out), crash_at="step:10").returncode == -signal.SIGKILL
+    (out / "checkpoint").rename(out / ".checkpoint.old")
+    assert run(train_args(corpus, out, STEPS, "--resume")).returncode == 0
+    assert resumed_from(out) == 8
+    assert_bit_identical(straight, out)
