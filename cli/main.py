@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,7 +16,8 @@ import typer
 
 from cli.bench import bench
 from cli.quantize import quantize
-from cli.show import completions_table, console, err_console, key_value_table, metrics_table, training_progress
+from cli.show import (completions_table, console, err_console, key_value_table, metrics_table, plain_lines,
+                      training_progress)
 
 app = typer.Typer(
     help="Train small recurrent language models with MLX and ship them as per-keystroke "
@@ -45,6 +47,8 @@ def train(
     clip: Optional[float] = typer.Option(None, help="Clip the global gradient norm to this value (off by default, as in the article)."),
     eval_every: int = typer.Option(250, help="Validate and checkpoint every N steps."),
     minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes of training even if --steps is not reached."),
+    checkpoint_minutes: float = typer.Option(5.0, help="Also checkpoint after this many minutes since the last checkpoint (a kill loses at most this much)."),
+    log_seconds: float = typer.Option(30.0, help="Write a progress line to RUN_DIR/train.log (and to stdout when it is not a terminal) this often."),
     seed: int = typer.Option(0, help="Seed for initialisation, data split and batch order."),
     autodiff: bool = typer.Option(False, help="Use MLX autodiff instead of the cells' hand-written backward (reference path)."),
     out: Optional[Path] = typer.Option(None, help="Run directory to create (default: runs/<preset or cell>-<time>)."),
@@ -63,7 +67,8 @@ def train(
         out = Path("runs") / f"{preset or model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = TrainConfig(corpus=corpus, steps=steps, batch_size=batch_size, lr=lr, clip=clip,
                          eval_every=eval_every, seed=seed, autodiff=autodiff, minutes=minutes,
-                         distributed=distributed)
+                         checkpoint_minutes=checkpoint_minutes, log_seconds=log_seconds,
+                         exact_vocab=vocab_size is not None, distributed=distributed)
     ranks = ranks_of_run.init(distributed)
     if not ranks.main:  # rank 0 speaks for the run
         run_training(model_config, config, out, resume=resume)
@@ -72,10 +77,22 @@ def train(
                 if ranks.size > 1 else "")
     console.print(f"training [bold]{model_config.cell}[/] {model_config.layers}x{model_config.units} "
                   f"on {corpus!r}{parallel} -> {out}")
-    with training_progress(steps) as hook:
-        final = run_training(model_config, config, out, resume=resume, progress=hook)
+    with _interruptible(out), training_progress(steps) as hook:
+        final = run_training(model_config, config, out, resume=resume, progress=hook, echo=plain_lines())
     console.print(metrics_table(f"validation after {final['steps']} steps", {"valid": final}))
     console.print(f"run saved in [bold]{out}[/]")
+
+
+@contextmanager
+def _interruptible(out: Path):
+    """Ctrl-C during training: the loop has saved a checkpoint; say how to go on, exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        saved = "checkpoint saved; " if (Path(out) / "checkpoint" / "step.json").exists() else ""
+        err_console.print(f"interrupted: {saved}continue with the same command plus --resume --out {out}",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 def _model_config(cell, preset, layers, units, depth, embed_dim, vocab_size, task):
@@ -194,7 +211,7 @@ def quickstart(
     console.rule("1. train: tiny GRU on the built-in demo corpus")
     config = TrainConfig(corpus="demo", steps=steps, batch_size=32, lr=3e-3, eval_every=200)
     with training_progress(steps) as hook:
-        run_training(load_preset("tiny"), config, out, progress=hook)
+        run_training(load_preset("tiny"), config, out, progress=hook, echo=plain_lines())
     console.rule("2. evaluate on the held-out test split")
     console.print(metrics_table("test split", evaluate_run(out, "test")))
     console.rule("3. complete")
@@ -242,12 +259,15 @@ def _fail(message: str) -> typer.Exit:
 
 def main() -> None:
     """Console entry point: library errors become one line and exit status 1, never a traceback."""
+    from rich.markup import escape
+
     from edge_rnn.io import EdgeRNNError
 
     try:
         app()
     except EdgeRNNError as err:
-        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        message = " ".join(str(err).split())  # one line even when a library's message has several
+        err_console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")

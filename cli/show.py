@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -18,8 +18,14 @@ def training_progress(total: int) -> Iterator:
     """A bar with loss, accuracy and characters/second; yields the ``progress(step, stats)`` hook.
 
     Until the first step a spinner says the data is being prepared (text8 takes ~20 s), so an
-    error while loading the corpus is not printed under an empty bar.
+    error while loading the corpus is not printed under an empty bar. When stdout is not a
+    terminal (nohup, CI, a cluster job) there is no bar: ``plain_lines`` prints the library's
+    progress lines instead, and the hook does nothing.
     """
+    if not console.is_terminal:
+        console.print("preparing data and model...", highlight=False)
+        yield lambda step, stats: None
+        return
     columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}  {task.fields[cps]:,.0f} chars/s"),
                TimeElapsedColumn(), TimeRemainingColumn()]
@@ -45,6 +51,14 @@ def training_progress(total: int) -> Iterator:
     finally:
         status.stop()
         bar.stop()
+
+
+def plain_lines() -> Callable[[str], None] | None:
+    """Where the training loop's plain progress lines go: stdout when it is not a terminal (the
+    bar shows the same there otherwise)."""
+    if console.is_terminal:
+        return None
+    return lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def metrics_table(title: str, rows: dict[str, dict]) -> Table:

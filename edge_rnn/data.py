@@ -40,6 +40,7 @@ from edge_rnn.vocab import PAD, SPACE, UNK, Vocab, encode_chars
 TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
 TEXT8_SHA256 = "a6640522afe85d1963ad56c05b0ede0a0c000dddc9671758a6cc09b7a38e5232"
 TASKS = ("autocomplete", "charlm")
+MAX_CORPUS_BYTES = 4 << 30  # 40x text8; normalising needs ~3 bytes of memory per input byte
 MIN_OBSERVATIONS = 20  # the smallest N for which floor(0.05 N) >= 1 and the test split is non-empty
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +158,9 @@ def load_corpus(spec: str) -> str:
         raise EdgeRNNError(f"corpus file not found: {path} (or use --corpus demo / text8)")
     if path.is_dir():
         raise EdgeRNNError(f"{path} is a directory; expected a UTF-8 text file")
+    if path.is_file() and path.stat().st_size > MAX_CORPUS_BYTES:
+        raise EdgeRNNError(f"{path} is {path.stat().st_size:,} bytes; corpora up to "
+                           f"{MAX_CORPUS_BYTES:,} bytes are supported (take a sample of it)")
     try:
         data = path.read_bytes()
     except OSError as e:

@@ -20,7 +20,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from edge_rnn.cells import CELLS, State, make_cell
-from edge_rnn.io import EdgeRNNError, atomic_path, atomic_write_text
+from edge_rnn.io import EdgeRNNError, atomic_path, atomic_write_text, check_safetensors
 from edge_rnn.loss import cross_entropy
 from edge_rnn.vocab import N_SYMBOLS, PAD, UNK, Vocab
 
@@ -144,6 +144,7 @@ def save(model: RNNModel, run_dir: Path, vocab: Vocab | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / WEIGHTS) as tmp:
         mx.save_safetensors(str(tmp), dict(tree_flatten(model.parameters())))
+        check_safetensors(tmp)
     atomic_write_text(run_dir / CONFIG, model.config.to_json())
     if vocab is not None:
         vocab.save(run_dir / VOCAB)

@@ -1,8 +1,15 @@
 """The training loop: Adam, a compiled step, periodic validation, atomic checkpoints, resume.
 
 A run directory after training holds (see ``edge_rnn.model``) ``config.json``, ``weights.safetensors``,
-``vocab.json`` and ``metrics.jsonl``, plus what resuming needs: ``train.json`` (these settings) and
-``checkpoint/`` (weights, optimizer state and the step reached, replaced as a whole).
+``vocab.json`` and ``metrics.jsonl``, plus what resuming needs: ``train.json`` (these settings),
+``checkpoint/`` (weights, the optimizer's whole state including its step counter, and
+``step.json``: the step reached, the data-order position and the RNG key; replaced as a whole) and
+``train.log`` (the progress lines, also when no terminal is watching).
+
+Crash safety: a checkpoint is taken at every validation and every ``checkpoint_minutes`` of
+training, and on Ctrl-C (then ``KeyboardInterrupt`` goes on up: the CLI exits 130). A run killed
+at any moment (``kill -9``, the OOM killer) and started again with ``resume`` continues from its
+last checkpoint, or from step 0 if it had none, and ends bit-identical to an uninterrupted run.
 
 Determinism: the data order of step ``s`` is a pure function of ``(seed, s)`` (one seeded
 permutation per epoch), and the model is initialised from ``seed``; so a run resumed from its
@@ -12,6 +19,8 @@ checkpoint sees the same batches, in the same order, as an uninterrupted run.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from functools import partial
@@ -28,11 +37,13 @@ from edge_rnn import distributed
 from edge_rnn import model as modeling
 from edge_rnn.data import Dataset, Splits, load_corpus, make_splits
 from edge_rnn.evaluate import evaluate
-from edge_rnn.io import EdgeRNNError, atomic_dir, atomic_write_text
+from edge_rnn.faults import crash_point
+from edge_rnn.io import EdgeRNNError, atomic_dir, atomic_write_text, check_safetensors, recover_dir
 from edge_rnn.model import ModelConfig, RNNModel
 
 CHECKPOINT = "checkpoint"
 OPTIMIZER, STEP = "optimizer.safetensors", "step.json"
+LOG = "train.log"
 
 
 @dataclass
@@ -48,8 +59,21 @@ class TrainConfig:
     seed: int = 0
     autodiff: bool = False  # use MLX autodiff instead of the cells' hand-written backward
     minutes: float | None = None  # stop early after this much training time (a fixed budget)
+    checkpoint_minutes: float = 5.0  # also checkpoint after this much time since the last one
+    log_seconds: float = 30.0  # a progress line in train.log (and on a non-terminal) this often
+    exact_vocab: bool = False  # the vocabulary size was asked for explicitly: too few words is an error
     distributed: bool = False  # require mlx.launch's group (it is joined anyway when launched)
     ranks: int = 1  # data-parallel processes; each trains on batch_size // ranks rows of a batch
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise EdgeRNNError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_len < 2:
+            raise EdgeRNNError(f"max-len must be >= 2, got {self.max_len}")
+        for name in ("lr", "checkpoint_minutes", "log_seconds"):
+            if not getattr(self, name) > 0:
+                raise EdgeRNNError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -57,13 +81,17 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def data_position(data: Dataset, step: int, batch_size: int) -> tuple[int, int]:
+    """(epoch, batch within the epoch) of the 0-based ``step``."""
+    return divmod(step, max(len(data) // batch_size, 1))
+
+
 def batch_at(data: Dataset, step: int, batch_size: int, seed: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """The training batch of ``step``: epoch ``e`` uses permutation ``rng(seed + e)``.
 
     Batches are padded to ``max_len`` so every step has one shape and compiles once.
     """
-    per_epoch = max(len(data) // batch_size, 1)
-    epoch, k = divmod(step, per_epoch)
+    epoch, k = data_position(data, step, batch_size)
     order = np.random.default_rng(seed + epoch).permutation(len(data))
     ids, targets = data.batch(order[k * batch_size : (k + 1) * batch_size])
     pad = max_len - ids.shape[1]
@@ -93,70 +121,184 @@ def _log(run_dir: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def save_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, step: int, splits: Splits) -> None:
-    """Save the model where ``eval``/``export`` look, and the resume set as one folder.
+def save_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, step: int, splits: Splits,
+                    config: TrainConfig, key: mx.array) -> None:
+    """Save the model where ``eval``/``export`` look, then the resume set as one folder.
 
-    ``checkpoint/`` (weights, optimizer state, step) is built aside and renamed into place, so a
-    crash at any moment leaves a complete older or newer checkpoint, never a mix of the two.
+    ``checkpoint/`` (weights, optimizer state, step, data position, RNG key) is built aside and
+    renamed into place, so a crash at any moment leaves a complete older or newer checkpoint, never
+    a mix of the two; it is the truth a resume starts from (the model files may be one save newer:
+    a resume replaces their weights with the checkpoint's).
     """
+    mx.eval(model.parameters(), optimizer.state)
     modeling.save(model, run_dir, splits.vocab)
+    epoch, batch = data_position(splits.train, step, config.batch_size)
+    position = {"step": step, "epoch": epoch, "batch_in_epoch": batch, "order_seed": config.seed + epoch,
+                "key": np.array(key).tolist()}
     with atomic_dir(run_dir / CHECKPOINT, force=True) as tmp:
         mx.save_safetensors(str(tmp / modeling.WEIGHTS), dict(tree_flatten(model.parameters())))
         mx.save_safetensors(str(tmp / OPTIMIZER), dict(tree_flatten(optimizer.state)))
-        (tmp / STEP).write_text(json.dumps({"step": step}))
+        (tmp / STEP).write_text(json.dumps(position))
+        for name in (modeling.WEIGHTS, OPTIMIZER):
+            check_safetensors(tmp / name)
+        crash_point("checkpoint")
 
 
-def load_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer) -> int:
-    """Restore weights and optimizer state from ``checkpoint/``; return the step reached."""
+def load_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, splits: Splits,
+                    config: TrainConfig) -> tuple[int, mx.array]:
+    """Restore weights and optimizer state from ``checkpoint/``; return the step reached and the key."""
     ckpt = run_dir / CHECKPOINT
     try:
         model.load_weights(str(ckpt / modeling.WEIGHTS), strict=True)
         optimizer.state = tree_unflatten(list(mx.load(str(ckpt / OPTIMIZER)).items()))
-        return json.loads((ckpt / STEP).read_text())["step"]
+        position = json.loads((ckpt / STEP).read_text())
+        step, key = int(position["step"]), mx.array(position["key"], dtype=mx.uint32)
     except Exception as err:
-        raise EdgeRNNError(f"{ckpt} is damaged: {err}") from None
+        raise EdgeRNNError(f"{ckpt} is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                           "delete it to restart the run from step 0") from None
+    if [position["epoch"], position["batch_in_epoch"]] != list(data_position(splits.train, step, config.batch_size)):
+        raise EdgeRNNError(f"{run_dir}: the corpus no longer gives the run's data order; cannot resume")
+    return step, key
+
+
+def _records(run_dir: Path) -> list[dict]:
+    path = run_dir / modeling.METRICS
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(ln) for ln in lines if ln.strip() and _step_of(ln) < 1 << 62]
+
+
+def _forget_after(run_dir: Path, step: int) -> None:
+    """Drop metrics logged after the checkpoint a resume starts from (they will be logged again)."""
+    path = run_dir / modeling.METRICS
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if _step_of(ln) <= step]
+        if len(kept) != len(lines):
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # a line cut by a crash mid-write: drop it
 
 
 def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume: bool,
             ranks: distributed.Ranks = distributed.Ranks(None)):
     """Build (or restore) the data, model, optimizer and starting step of a run."""
     run_dir = Path(run_dir)
-    if resume:
-        if not (run_dir / CHECKPOINT / STEP).is_file():
-            raise EdgeRNNError(f"nothing to resume in {run_dir} (no {CHECKPOINT})")
-        config = TrainConfig.from_dict({**json.loads((run_dir / modeling.TRAIN).read_text()), "steps": config.steps})
+    if ranks.main:
+        recover_dir(run_dir / CHECKPOINT)
+    has_checkpoint = (run_dir / CHECKPOINT / STEP).is_file()
+    if resume and (run_dir / modeling.TRAIN).is_file():
+        try:
+            saved = json.loads((run_dir / modeling.TRAIN).read_text())
+        except ValueError:
+            raise EdgeRNNError(f"{run_dir / modeling.TRAIN} is damaged; cannot resume") from None
+        config = TrainConfig.from_dict({**saved, "steps": config.steps})
         if config.ranks != ranks.size:
             raise EdgeRNNError(f"{run_dir} was trained on {config.ranks} rank(s) and this is {ranks.size}: "
                                f"resume it with the same number (mlx.launch -n {config.ranks})")
+    if resume and has_checkpoint:
         model_config = modeling.load_config(run_dir)
-    elif (run_dir / modeling.CONFIG).exists():
+    elif resume:
+        pass  # killed before its first checkpoint: nothing to continue, so start again from step 0
+    elif (run_dir / modeling.CONFIG).exists() or has_checkpoint:
         raise EdgeRNNError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
 
     text = load_corpus(config.corpus)
     splits = make_splits(text, model_config.task, model_config.vocab_size, config.max_len, config.seed)
+    if config.exact_vocab and splits.vocab is not None and len(splits.vocab) - 2 < model_config.vocab_size:
+        raise EdgeRNNError(f"--vocab-size {model_config.vocab_size} is more than the {len(splits.vocab) - 2} "
+                           "distinct words of the training split; ask for fewer or use a larger corpus")
     if splits.vocab is not None and len(splits.vocab) - 2 != model_config.vocab_size:
         # a small corpus has fewer distinct words than asked for: the head follows the data
         model_config = ModelConfig.from_dict({**asdict(model_config), "vocab_size": len(splits.vocab) - 2})
 
     mx.random.seed(config.seed)
     optimizer = optim.Adam(learning_rate=config.lr)
-    if resume:
+    key = mx.random.key(config.seed)  # the run's own RNG stream, carried by the checkpoint
+    if resume and has_checkpoint:
         model, vocab = modeling.load(run_dir)
         if vocab is not None and splits.vocab is not None and vocab.words != splits.vocab.words:
             raise EdgeRNNError(f"{run_dir}: the corpus no longer gives the run's vocabulary; cannot resume")
         optimizer.init(model.trainable_parameters())
-        start = load_checkpoint(run_dir, model, optimizer)
+        start, key = load_checkpoint(run_dir, model, optimizer, splits, config)
+        _forget_after(run_dir, start)
     else:
         model = RNNModel(model_config)
         optimizer.init(model.trainable_parameters())
         start = 0
-        if ranks.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+        if ranks.main:  # the others write nothing
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise EdgeRNNError(f"cannot create run directory {run_dir}: {err.strerror}") from None
+            (run_dir / modeling.METRICS).unlink(missing_ok=True)  # left by a run killed before its checkpoint
             atomic_write_text(run_dir / modeling.TRAIN, json.dumps(asdict(config), indent=2))
     for cell in model.layers:
         cell.manual_backward = not config.autodiff
     mx.eval(model.parameters(), optimizer.state)
-    return model, optimizer, splits, config, start
+    return model, optimizer, splits, config, start, key
+
+
+class ProgressLog:
+    """Plain progress lines (step, loss, accuracy, chars/s, ETA) to ``train.log`` every
+    ``every`` seconds and at each validation, and to ``echo`` too (the CLI passes ``print`` when
+    stdout is not a terminal: nohup, CI, a cluster job)."""
+
+    def __init__(self, run_dir: Path, start: int, total: int, every: float, echo: Callable[[str], None] | None):
+        self.path, self.start, self.total, self.every, self.echo = run_dir / LOG, start, total, every, echo
+        self.t0 = self.last = time.perf_counter()
+
+    def write(self, line: str) -> None:
+        stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {line}"
+        with open(self.path, "a") as f:
+            f.write(stamped + "\n")
+        if self.echo:
+            self.echo(stamped)
+
+    def step(self, step: int, stats: dict, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not (force or step == self.start + 1 or now - self.last >= self.every):
+            return
+        self.last = now
+        per_step = (now - self.t0) / max(step - self.start, 1)
+        self.write(f"step {step}/{self.total}  loss {stats['loss']:.4f}  acc {stats['acc']:.1%}  "
+                   f"{stats['chars_per_s']:,.0f} chars/s  elapsed {_hms(now - self.t0)}  "
+                   f"eta {_hms(per_step * (self.total - step))}")
+
+    def valid(self, step: int, valid: dict) -> None:
+        extra = f"bpc {valid['bpc']:.3f}" if "bpc" in valid else f"top-3 {valid['top3']:.1%}"
+        self.write(f"step {step}/{self.total}  valid ce {valid['ce']:.4f}  top-1 {valid['top1']:.1%}  {extra}")
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Interrupt:
+    """Turn the first Ctrl-C (SIGINT) into a flag the loop checks after each step, so the step in
+    flight finishes and a checkpoint is taken; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> "Interrupt":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 class Window:
@@ -176,12 +318,13 @@ class Window:
 
 
 def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume: bool = False,
-          progress: Callable[[int, dict], None] | None = None) -> dict:
+          progress: Callable[[int, dict], None] | None = None, echo: Callable[[str], None] | None = None) -> dict:
     """Train (or resume) a run; returns the final validation metrics.
 
     Stops after ``config.steps`` steps or ``config.minutes`` of training, whichever comes first.
-    ``progress(step, stats)`` is called after every step (the CLI draws its bar with it). Started
-    by ``mlx.launch``, every rank runs this with the same arguments (``edge_rnn.distributed``).
+    ``progress(step, stats)`` is called after every step (the CLI draws its bar with it);
+    ``echo(line)`` gets each line written to ``train.log``. Started by ``mlx.launch``, every rank
+    runs this with the same arguments; rank 0 alone writes and reports (``edge_rnn.distributed``).
     """
     run_dir = Path(run_dir)
     if mx.default_device() == mx.cpu:
@@ -191,42 +334,71 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
     ranks = distributed.init(config.distributed)
     rows = distributed.shard(config.batch_size, ranks)
     config = TrainConfig.from_dict({**asdict(config), "ranks": ranks.size})
-    model, optimizer, splits, config, start = prepare(model_config, config, run_dir, resume, ranks)
-    if start >= config.steps:
+    model, optimizer, splits, config, start, key = prepare(model_config, config, run_dir, resume, ranks)
+    if start == config.steps:  # killed after its last checkpoint, while exiting: nothing to redo
+        valid = [r for r in _records(run_dir) if r.get("split") == "valid" and r["step"] == start]
+        return {**(valid[-1] if valid else {}), "steps": start, "vocab_size": model.config.vocab_size}
+    if start > config.steps:
         raise EdgeRNNError(f"{run_dir} already reached step {start}; pass a larger --steps to continue")
     if not ranks.main:
-        progress = None
+        progress = echo = None
     step_fn = make_step(model, optimizer, config.clip, ranks)
     try:
-        return _loop(model, optimizer, splits, config, run_dir, start, step_fn, ranks, rows, progress)
+        return _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks, rows, progress, echo)
     except RuntimeError as err:
         if distributed.peer_lost(err):
             raise distributed.PeerLost(ranks, err) from None
         raise
 
 
-def _loop(model, optimizer, splits, config, run_dir, start, step_fn, ranks, rows, progress) -> dict:
-    """Steps, periodic validation and checkpoints (rank 0 writes), until the steps or minutes end."""
+def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks, rows, progress, echo) -> dict:
+    """Steps, validation and checkpoints (rank 0 writes) until the steps or the minutes run out."""
     deadline = time.perf_counter() + 60 * config.minutes if config.minutes else float("inf")
-    window, valid = Window(), {}
-    for step in range(start + 1, config.steps + 1):
-        ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
-        loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]))
-        stats = window.add(loss, n, hits, ids)
-        if progress:
-            progress(step, stats)
-        # every rank must agree on stopping: rank 0's clock decides for all
-        last = step == config.steps or (config.minutes is not None and bool(distributed.all_sum(
-            mx.array(ranks.main and time.perf_counter() > deadline), ranks).item()))
-        if step % config.eval_every == 0 or last:
-            valid = evaluate(model, splits.valid, config.batch_size, None if last else config.eval_batches, ranks)
-            if ranks.main:
-                _log(run_dir, {"step": step, "split": "train", **stats})
-                _log(run_dir, {"step": step, "split": "valid", **valid})
-                save_checkpoint(run_dir, model, optimizer, step, splits)
-            window = Window()
+    log = ProgressLog(run_dir, start, config.steps, config.log_seconds, echo) if ranks.main else None
+    if log:
+        log.write(f"{'resuming from step ' + str(start) if start else 'starting'}: {config.steps} steps, "
+                  f"{len(splits.train):,} training sequences"
+                  + (f", {ranks.size} ranks x {config.batch_size // ranks.size} rows" if ranks.size > 1 else ""))
+    crash_point("start")
+    window, valid, saved_at = Window(), {}, time.perf_counter()
+    with Interrupt() as interrupt:
+        for step in range(start + 1, config.steps + 1):
+            ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
+            loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]))
+            crash_point("step")
+            stats = window.add(loss, n, hits, ids)
             if progress:
-                progress(step, {**stats, "valid": valid})
-        if last:
-            break
+                progress(step, stats)
+            if log:
+                log.step(step, stats)
+            last = step == config.steps or _past(deadline, ranks)
+            if step % config.eval_every == 0 or last:
+                valid = evaluate(model, splits.valid, config.batch_size, None if last else config.eval_batches, ranks)
+                crash_point("eval")
+                if ranks.main:
+                    _log(run_dir, {"step": step, "split": "train", **stats})
+                    _log(run_dir, {"step": step, "split": "valid", **valid})
+                    log.valid(step, valid)
+                    save_checkpoint(run_dir, model, optimizer, step, splits, config, key)
+                saved_at, window = time.perf_counter(), Window()
+                if progress:
+                    progress(step, {**stats, "valid": valid})
+            elif ranks.main and (interrupt.requested or time.perf_counter() - saved_at > 60 * config.checkpoint_minutes):
+                save_checkpoint(run_dir, model, optimizer, step, splits, config, key)
+                saved_at = time.perf_counter()
+            if interrupt.requested:
+                if log:
+                    log.write(f"interrupted: checkpoint saved at step {step}; continue with --resume")
+                raise KeyboardInterrupt
+            if last:
+                break
     return {**valid, "steps": step, "vocab_size": model.config.vocab_size}
+
+
+def _past(deadline: float, ranks: distributed.Ranks) -> bool:
+    """Whether the time budget is spent; with several ranks, rank 0's clock decides for all (one
+    small all-reduce per step, only when a budget is set) so that every rank stops at one step."""
+    if deadline == float("inf") or ranks.size == 1:
+        return time.perf_counter() > deadline
+    late = mx.array(ranks.main and time.perf_counter() > deadline)
+    return bool(distributed.all_sum(late, ranks).item())

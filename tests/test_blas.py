@@ -16,12 +16,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # and a float32 matmul computed by MLX. argv[1] == "none-found" first hides every candidate.
 PROBE = r"""
 import ctypes.util, importlib.util, json, sys
-if sys.argv[1] == "none-found":
+if sys.argv[1] in ("none-found", "dangling"):
     spec = importlib.util.spec_from_file_location("edge_rnn_blas_probe", sys.argv[2])
     blas = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(blas)  # the loader alone: edge_rnn/__init__ would load the real one
     blas._CANDIDATES = ["/nonexistent/libblas.so.3"]
-    ctypes.util.find_library = lambda name: None
+    if sys.argv[1] == "none-found":
+        blas._find_mkl = lambda: None
+        ctypes.util.find_library = lambda name: None
+    else:  # the linker cache names a library whose file is gone (OpenBLAS hidden or half removed)
+        ctypes.util.find_library = lambda name: "libopenblas-gone.so.0"
     blas.load()
     loaded = blas.loaded
 else:
@@ -35,7 +39,8 @@ c = np.array(mx.array(a) @ mx.array(b))
 # numpy's own OpenBLAS (scipy_openblas, symbols renamed) is mapped in every process: not that one
 mapped = [line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.lower()]
 openblas = any("scipy_openblas" not in path for path in mapped)
-print(json.dumps({"loaded": loaded, "openblas_mapped": openblas, "matmul": c.tolist()}))
+mkl = any("libmkl" in line for line in open("/proc/self/maps"))
+print(json.dumps({"loaded": loaded, "openblas_mapped": openblas, "mkl_mapped": mkl, "matmul": c.tolist()}))
 """
 
 
@@ -94,3 +99,20 @@ def test_none_found_prints_one_line_with_the_fix():
     assert "slow reference BLAS" in lines[0] and "apt-get install libopenblas0-pthread" in lines[0]
     reference, _ = probe("off")
     np.testing.assert_allclose(np.array(result["matmul"]), np.array(reference["matmul"]), rtol=1e-5, atol=1e-5)
+
+
+def test_mkl_from_pypi_is_the_fallback_and_agrees_with_reference():
+    """A fresh ``pip install`` (no apt) gets MKL from its wheel: ``mkl`` picks only that source."""
+    fast, err = probe("mkl")
+    assert fast["loaded"] and "libmkl_rt" in fast["loaded"]
+    assert fast["mkl_mapped"] and not fast["openblas_mapped"]
+    assert err == ""
+    reference, _ = probe("off")
+    assert not reference["mkl_mapped"]
+    np.testing.assert_allclose(np.array(fast["matmul"]), np.array(reference["matmul"]), rtol=1e-4, atol=1e-4)
+
+
+def test_auto_falls_through_an_unloadable_openblas_to_mkl():
+    result, err = probe(None, mode="dangling")
+    assert result["loaded"] and "libmkl_rt" in result["loaded"]
+    assert result["mkl_mapped"] and err == ""

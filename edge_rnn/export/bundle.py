@@ -218,12 +218,18 @@ def read_manifest(bundle_dir: Path) -> dict:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise EdgeRNNError(f"{path}: bundle format version {version!r} is not supported "
                            f"(this edge-rnn reads up to {FORMAT_VERSION})")
-    for name, entry in manifest.get("files", {}).items():
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        raise EdgeRNNError(f"{path}: 'files' must map file names to their size and sha256")
+    for name, entry in files.items():
         _verify_file(bundle_dir, name, entry)
     return manifest
 
 
 def _verify_file(bundle_dir: Path, name: str, entry: dict) -> None:
+    parts = Path(name).parts
+    if not isinstance(entry, dict) or not parts or Path(name).is_absolute() or ".." in parts:
+        raise EdgeRNNError(f"bundle {bundle_dir}: manifest entry {name!r} is not a file inside the bundle")
     path = bundle_dir / name
     if not path.is_file():
         raise EdgeRNNError(f"bundle {bundle_dir}: {name} is missing")
