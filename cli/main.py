@@ -15,6 +15,7 @@ import typer
 
 from cli.bench import bench
 from cli.quantize import quantize
+from cli.visualize import connectivity, inspect, plot
 from cli.show import completions_table, console, err_console, key_value_table, metrics_table, training_progress
 
 app = typer.Typer(
@@ -214,6 +215,9 @@ def _quickstart_bundle(run: Path, from_run: list) -> Path:
 
 app.command()(quantize)
 app.command()(bench)
+app.command()(connectivity)
+app.command()(inspect)
+app.command()(plot)
 
 
 def _fail(message: str) -> typer.Exit:
