@@ -203,3 +203,28 @@ def test_cli_bad_input_is_one_line(trained, args, fragment):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+def test_html_page_in_a_browser_fetches_nothing_and_follows_the_mouse(trained, tmp_path):
+    """Chromium (Debian's, driven by Playwright) loads the page with every request recorded."""
+    from playwright.sync_api import sync_playwright
+
+    run, _ = trained
+    r = visualize.run_connectivity(run, "the capital of france", None, tmp_path / "page.html")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium")
+        page = browser.new_page()
+        requests, errors = [], []
+        page.on("request", lambda req: requests.append(req.url))
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto((tmp_path / "page.html").as_uri())
+        spans = page.query_selector_all("#text span")
+        assert len(spans) == len(r.text)
+        spans[9].hover()
+        info = page.inner_text("#info")
+        colour = spans[5].evaluate("s => getComputedStyle(s).backgroundColor")
+        future = spans[15].evaluate("s => getComputedStyle(s).backgroundColor")
+        browser.close()
+    assert requests == [(tmp_path / "page.html").as_uri()] and not errors
+    assert info.startswith(f"output at position 9 ('{r.text[9]}'), target: {r.target_names[9]}")
+    assert future == "rgb(255, 255, 255)" and colour != future  # coloured up to the hovered character only
