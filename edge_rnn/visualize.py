@@ -16,6 +16,7 @@ from edge_rnn import connectivity as conn
 from edge_rnn import figures
 from edge_rnn.io import EdgeRNNError
 from edge_rnn.model import METRICS, RNNModel, load
+from edge_rnn.vocab import SYMBOLS
 
 FIGURE_SUFFIXES = (".html", ".png")
 
@@ -56,10 +57,8 @@ def run_connectivity(run_dir: Path, text: str, target_pos: int | None = None,
         raise EdgeRNNError(f"--target-pos must lie in 0..{T - 1} for this text "
                            f"({T} characters with the leading space), got {target_pos}")
     C = conn.connectivity(model, enc.ids, enc.targets)
-    if model.config.task == "autocomplete":
-        names = [vocab.words[t] for t in enc.targets]
-    else:
-        names = [repr(figures.shown(enc.text[t + 1] if t + 1 < T else "?")) for t in range(T)]
+    words = vocab.words if model.config.task == "autocomplete" else [figures.shown(s) for s in SYMBOLS]
+    names = [words[t] for t in enc.targets]  # charlm: the next symbol
     names = [n if k else f"{n} (model's guess)" for n, k in zip(names, enc.known)]
     if out is not None:
         title = f"connectivity of {describe(model)} ({Path(run_dir).name})"

@@ -228,3 +228,15 @@ def test_html_page_in_a_browser_fetches_nothing_and_follows_the_mouse(trained, t
     assert requests == [(tmp_path / "page.html").as_uri()] and not errors
     assert info.startswith(f"output at position 9 ('{r.text[9]}'), target: {r.target_names[9]}")
     assert future == "rgb(255, 255, 255)" and colour != future  # coloured up to the hovered character only
+
+
+def test_char_lm_runs_work_too(tmp_path):
+    """A char-LM run: the target of each character is the next symbol, the last one the model's guess."""
+    mx.random.seed(1)
+    model = RNNModel(ModelConfig(cell="cifg", layers=2, units=8, embed_dim=4, task="charlm", vocab_size=1))
+    save(model, tmp_path / "run")
+    r = visualize.run_connectivity(tmp_path / "run", "the cat", 4, tmp_path / "c.png")
+    assert r.target_names[:4] == ["t", "h", "e", "\u00b7"] and not r.known[-1] and r.known[:-1].all()
+    assert r.C[4, :5].max() > 0
+    panels = visualize.run_inspect(tmp_path / "run", "the cat", tmp_path / "s.png", max_units=8)
+    assert [name for name, _ in panels] == ["layer 1 c: memory", "layer 2 c: memory"]
