@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -47,14 +46,13 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.1, help="multiplies width, vocabulary and steps (1 = the article)")
     ap.add_argument("--steps", type=int, default=None, help="override the scaled step count")
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (the article's 1e-3)")
-    ap.add_argument("--out", type=Path, default=Path("runs/reproduce-article"), help="output folder (replaced)")
+    ap.add_argument("--out", type=Path, default=Path("runs/reproduce-article"), help="output folder (replaced if a previous run of this script wrote it)")
     ap.add_argument("--text", default=TEXT, help="sentence for the connectivity and state figures")
     args = ap.parse_args()
 
     corpus = rep.corpus_spec(args.corpus)
     steps = args.steps or max(1, round(ARTICLE_STEPS * args.scale))
-    shutil.rmtree(args.out, ignore_errors=True)
-    args.out.mkdir(parents=True)
+    rep.fresh_out(args.out)
     print(f"reproduce_article: corpus {args.corpus}, scale {args.scale:g}, {steps} steps, batch 64, lr {args.lr:g}",
           flush=True)
     t_all = time.perf_counter()

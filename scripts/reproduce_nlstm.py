@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -44,12 +43,11 @@ def main() -> None:
     ap.add_argument("--corpus", default="wikitext2", help="wikitext2 (../shared/corpus valid+test), text8 or a path")
     ap.add_argument("--scale", type=float, default=0.2, help="multiplies every width (1 = the paper)")
     ap.add_argument("--steps", type=int, default=1000, help="training steps per model (batch 32)")
-    ap.add_argument("--out", type=Path, default=Path("runs/reproduce-nlstm"), help="output folder (replaced)")
+    ap.add_argument("--out", type=Path, default=Path("runs/reproduce-nlstm"), help="output folder (replaced if a previous run of this script wrote it)")
     args = ap.parse_args()
 
     corpus = rep.corpus_spec(args.corpus)
-    shutil.rmtree(args.out, ignore_errors=True)
-    args.out.mkdir(parents=True)
+    rep.fresh_out(args.out)
     print(f"reproduce_nlstm: corpus {args.corpus}, scale {args.scale:g}, {args.steps} steps, batch 32, "
           "sequences <= 100, Adam 2e-3, clip 1", flush=True)
     t_all = time.perf_counter()

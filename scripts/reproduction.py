@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from edge_rnn.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = ROOT.parent / "shared" / "corpus"
+STARTED = "reproduction-started.txt"  # marks an output folder as a reproduction's own
 
 
 def corpus_spec(spec: str) -> str:
@@ -35,6 +37,18 @@ def corpus_spec(spec: str) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return str(path)
+
+
+def fresh_out(path: Path) -> Path:
+    """Empty ``path`` for a new reproduction; only a folder a previous one wrote (or an empty one)
+    is replaced, so a mistyped ``--out`` cannot delete anything else."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not (path / STARTED).is_file():
+        raise SystemExit(f"{path} exists and was not written by a reproduction script; choose another --out")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    (path / STARTED).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
+    return path
 
 
 def provenance() -> str:

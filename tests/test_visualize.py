@@ -8,9 +8,11 @@ pixel size and for actually holding a picture; the HTML page for fetching nothin
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib.image
 import mlx.core as mx
@@ -240,3 +242,33 @@ def test_char_lm_runs_work_too(tmp_path):
     assert r.C[4, :5].max() > 0
     panels = visualize.run_inspect(tmp_path / "run", "the cat", tmp_path / "s.png", max_units=8)
     assert [name for name, _ in panels] == ["layer 1 c: memory", "layer 2 c: memory"]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,published", [("reproduce_article.py", "2.1170"), ("reproduce_nlstm.py", "1.437")])
+def test_reproduction_scripts_run_end_to_end(script, published, corpus, tmp_path):
+    """Both scripts, a few steps on the demo corpus: tables beside the published numbers, figures."""
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--corpus", corpus, "--scale", "0.02",
+                             "--steps", "3", "--out", str(out)], capture_output=True, text=True, timeout=900,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (out / "results.md").read_text()
+    assert published in report and report in result.stdout and "Ordering by test" in report
+    assert len(json.loads((out / "results.json").read_text())) == (3 if "article" in script else 4)
+    is_picture(out / "curves.png", figures.RUNS_SIZE)
+    if "article" in script:
+        for cell in ("gru", "lstm", "nlstm"):
+            assert (out / f"connectivity-{cell}.html").is_file()
+            matplotlib.image.imread(out / f"states-{cell}.png")
+    # a folder the script did not write is never replaced
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    refused = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--corpus", corpus, "--out", str(other)],
+                             capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert refused.returncode != 0 and "not written by a reproduction script" in refused.stderr
+    assert (other / "keep.txt").is_file()
