@@ -18,6 +18,7 @@ from cli.bench import bench
 from cli.quantize import quantize
 from cli.show import (completions_table, console, err_console, key_value_table, metrics_table, plain_lines,
                       training_progress)
+from cli.visualize import connectivity, inspect, plot
 
 app = typer.Typer(
     help="Train small recurrent language models with MLX and ship them as per-keystroke "
@@ -250,6 +251,9 @@ def _quickstart_bundle(run: Path, from_run: list) -> Path:
 
 app.command()(quantize)
 app.command()(bench)
+app.command()(connectivity)
+app.command()(inspect)
+app.command()(plot)
 
 
 def _fail(message: str) -> typer.Exit:
