@@ -118,20 +118,30 @@ def info(run_dir: Path = typer.Argument(..., help="A run directory written by 'e
 
 @app.command()
 def complete(
-    args: List[str] = typer.Argument(..., help="RUN_DIR TEXT, or just TEXT with --bundle."),
-    bundle: Optional[Path] = typer.Option(None, help="Use an exported bundle (ONNX) instead of a run directory."),
+    args: List[str] = typer.Argument(..., help="SOURCE [TEXT]: a run directory or an ONNX bundle, then the text typed so far (with --bundle: just [TEXT])."),
+    bundle: Optional[Path] = typer.Option(None, help="An exported ONNX bundle (same as giving it as SOURCE)."),
     top_k: int = typer.Option(3, help="How many suggestions to show."),
+    restart: str = typer.Option("observation", help="Long input: 'observation' restarts from a zero state at a word boundary every ~200 characters, like training; 'continuous' never does."),
 ):
-    """Suggest completions of the word being typed, e.g. [bold]edge-rnn complete runs/x "the capital of fra"[/]."""
+    """Suggest completions of the word being typed. With TEXT, once:
+    [bold]edge-rnn complete runs/x "the capital of fra"[/]. Without TEXT, an interactive line:
+    suggestions and latency update on every key, Backspace goes back through the state stack, Tab
+    or 1/2/3 accepts a suggestion, Ctrl-C/Ctrl-D quits."""
     from edge_rnn.runtime import open_session
 
-    if bundle is None and len(args) != 2:
-        raise _fail("give RUN_DIR and TEXT (or --bundle DIR and TEXT)")
-    if bundle is not None and len(args) != 1:
-        raise _fail("with --bundle give only TEXT")
-    source, text = (bundle, args[0]) if bundle is not None else (Path(args[0]), args[1])
-    words = open_session(source).complete(text, top_k)
-    console.print(completions_table([(text, words)]))
+    if bundle is not None:
+        args = [str(bundle), *args]
+    if len(args) > 2:
+        raise _fail("give SOURCE and at most one TEXT (quote it)")
+    session = open_session(Path(args[0]), restart=restart)
+    if len(args) == 2:
+        console.print(completions_table([(args[1], session.complete(args[1], top_k))]))
+        return
+    if not sys.stdin.isatty():
+        raise _fail("no TEXT given and stdin is not a terminal: pass the text to complete")
+    from cli.interactive import run
+
+    run(session, top_k)
 
 
 @app.command()

@@ -212,7 +212,7 @@ def time_keystrokes(session: Session, ids: list[int], warmup: int) -> tuple[np.n
         start = clock()
         session.step(cid)
         times[k] = clock() - start
-        prefixes.append(session.prefix())
+        prefixes.append(session.prefix)
     return times, prefixes
 
 

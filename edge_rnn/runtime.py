@@ -1,50 +1,90 @@
-"""Streaming autocomplete: one model step per keystroke, suggestions for the word being typed.
+"""The keyboard-grade runtime: one model step per keystroke, backspace, accept, suggestions.
 
-A ``Session`` holds the recurrent state and the text typed so far; it runs on a backend with one
-small interface (``initial_state()``, ``step(char_id, state) -> (StepOutput, state)``), so a run
-directory (MLX) and an exported bundle (ONNX Runtime) give the same suggestions through the same
-code. ``open_session(path)`` picks the backend from what the folder holds.
+A ``Session`` is a text field. ``type(text)`` steps one input symbol per character,
+``backspace(n)`` takes characters back, ``accept(word)`` puts a suggestion in place of the partly
+typed word, ``suggestions(k)`` lists the words consistent with what is typed. Every app-side
+runtime (``web/``, ``examples/``) copies these semantics, names and structure.
 
-Suggestions for a partly typed word come from the full distribution when the backend has it (MLX,
-or an ONNX bundle exported ``with_log_probs``): the most probable words that start with the typed
-prefix, <pad> and <unk> excluded. Without it, only the graph's top-k ids can be filtered.
-Probabilities are the model's own (not renormalised over the matching words).
+It runs on a backend with one small interface, so a run directory (MLX, the reference) and an
+exported bundle (ONNX Runtime: fp32, quantized, prefix-range head) give the same suggestions
+through the same code; ``open_session(path)`` picks the backend from what the folder holds::
 
-A bundle with the prefix-range head (``edge_rnn.export.onnx``) computes only the rows of the words
-that start with the typed prefix: every step passes the backend the prefix as it stands after the
-keystroke, and the backend turns it into an id range by bisection over the sorted words. Its
-top-k are then the prefix-filtered suggestions (same words, same order as the full head's filtered
-distribution, barring exact float32 ties there: ``edge_rnn.export.onnx``), with probabilities
-conditional on the prefix (renormalised over it).
+    initial_state() -> state
+    step(char_id, state, prefix) -> (StepOutput, state)      # one keystroke
+    prefill(char_ids, state, prefix) -> (StepOutput, state)  # many symbols in one call
+
+**Backspace.** Before each step the session pushes what it had (text, state, output) on a bounded
+stack (``stack_depth``, 64 by default), so a backspace is a pop: the state and suggestions are
+bit-identical to having typed the shorter text. Past the stack's bottom the session rebuilds the
+state from the text it retains with one ``prefill`` call (the bundle's prefill graph), which is
+bit-identical to stepping for fp32 bundles and MLX (the prefill graph computes the same
+arithmetic; ``tests/test_runtime.py`` checks it); for quantized bundles it is equal within
+quantization noise (dynamic activation scales are taken per call).
+
+**Long input.** Models are trained on observations of at most 200 characters that start from a
+zero state. With ``restart="observation"`` (the default) the session does the same: at a word
+boundary, once the observation since the last restart could not take another word within
+``max_chars``, it restarts from the zero state with the last ``context_chars`` characters of
+whole words as context, prefilled in one call. ``restart="continuous"`` never restarts (the state
+runs on for the whole text, beyond anything seen in training). ``scripts/bench_keyboard.py``
+measures both on held-out text; the README has the figures behind the default. The retained text
+is bounded either way: the observation (at most ``max_chars`` plus a word), or in continuous mode
+the last ``max_chars`` characters (a rebuild past the stack's bottom then restarts from them: an
+approximation, since the true continuous state depends on everything typed).
+
+**Suggestions.** The candidates for a partly typed word are one contiguous range of the
+alphabetically sorted words, found by bisection (``prefix_range``); ``<pad>`` and ``<unk>`` are
+never suggested; ties in probability keep the lower output id first. With the full distribution
+(MLX, or an ONNX bundle exported with ``log_probs``) the k most probable words of the range are
+taken; a prefix-range head bundle computes only the range's rows, so its top-k already are the
+suggestions (probabilities renormalised over the range); a bundle with neither can only filter
+its top-k. Probabilities are otherwise the model's own (not renormalised over the range).
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from edge_rnn import data
 from edge_rnn.io import EdgeRNNError
-from edge_rnn.vocab import PAD, SYMBOLS, UNK
+from edge_rnn.vocab import PAD, SPACE, SYMBOLS, UNK
 
 SYMBOL_ID = {s: k for k, s in enumerate(SYMBOLS) if k != PAD}
+RESTARTS = ("observation", "continuous")
+STACK_DEPTH = 64  # keystrokes a backspace can take back without a rebuild
+MAX_CHARS = 200  # the longest observation training saw (edge_rnn.data)
+WORD_ROOM = 16  # characters kept free for the next word when deciding to restart
+CONTEXT_CHARS = 100  # trailing whole words carried into a restarted observation
 
 
 def normalise(text: str) -> str:
     """Training's normalisation (``edge_rnn.data.normalise``: ASCII-lowercase, a-z kept, any other
     run of characters one space), keeping a space at either end where ``text`` has a non-letter:
     typed text is a fragment, and a trailing space means "this word is finished"."""
+    if text in _KEYSTROKE:  # one plain key: the common case, without the vectorised machinery
+        return _KEYSTROKE[text]
     core = data.normalise(text)
     if not core:
         return " " if text else ""
     lead = "" if _is_letter(text[0]) else " "
     trail = "" if _is_letter(text[-1]) else " "
     return lead + core + trail
+
+
+_KEYSTROKE = {ch: ch.lower() for ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"} | {" ": " "}
+
+
+def field_symbols(raw: str) -> str:
+    """The symbols a fresh session steps for ``raw``: normalised, a leading space, no two spaces."""
+    symbols = normalise(raw)
+    return symbols if not symbols or symbols.startswith(" ") else " " + symbols
 
 
 def _is_letter(ch: str) -> bool:
@@ -65,12 +105,17 @@ class Backend(Protocol):
 
     labels: list[str]  # output id -> word (autocomplete) or symbol (char LM)
     task: str
+    prefix_head: bool  # True: top-k is computed over the prefix's id range only
 
     def initial_state(self) -> Any: ...
 
     def step(self, char_id: int, state: Any, prefix: str = "") -> tuple[StepOutput, Any]:
         """One keystroke. ``prefix``: the typed part of the current word after it ("" at a word
         boundary); a prefix-range head computes only those words, other backends ignore it."""
+        ...
+
+    def prefill(self, char_ids: list[int], state: Any, prefix: str = "") -> tuple[StepOutput, Any]:
+        """Many symbols at once (at least one): the state and output after the last of them."""
         ...
 
 
@@ -85,14 +130,18 @@ def prefix_range(sorted_words: list[str], prefix: str, offset: int = 2) -> tuple
     return offset + lo, offset + hi
 
 
-def top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
-    """``np.argsort(-scores, kind="stable")[:k]`` in O(V) instead of O(V log V): a keystroke must
-    not pay for sorting 10,000 words. Ties at the cut keep the lowest ids, as the stable sort does."""
-    if k >= scores.size:
-        return np.argsort(-scores, kind="stable")
-    cut = np.partition(scores, scores.size - k)[scores.size - k]  # the k-th largest value
-    candidates = np.flatnonzero(scores >= cut)  # k or more (ties), in id order
-    return candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
+def top_k_stable(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the ``k`` largest ``scores``, largest first; ties go to the lower ``ids``
+    (default: the positions themselves, i.e. ``np.argsort(-scores, kind="stable")[:k]``). O(V), not
+    O(V log V): a keystroke must not pay for sorting 10,000 words."""
+    n = scores.size
+    if k < n:
+        cut = np.partition(scores, n - k)[n - k]  # the k-th largest value
+        positions = np.flatnonzero(scores >= cut)  # k or more (ties)
+    else:
+        positions = np.arange(n)
+    tie = positions if ids is None else ids[positions]
+    return positions[np.lexsort((tie, -scores[positions]))[:k]]
 
 
 def _labels(task: str, words: list[str]) -> list[str]:
@@ -101,6 +150,8 @@ def _labels(task: str, words: list[str]) -> list[str]:
 
 class MLXBackend:
     """The trained model of a run directory, stepped in MLX (the reference for every export)."""
+
+    prefix_head = False
 
     def __init__(self, run_dir: Path, top_k: int = 3):
         import mlx.core as mx  # only this backend needs MLX
@@ -121,11 +172,21 @@ class MLXBackend:
     def step(self, char_id: int, state: Any, prefix: str = "") -> tuple[StepOutput, Any]:
         mx = self._mx
         logits, state = self.model.step(mx.array([char_id], dtype=mx.int32), state)
-        log_probs = logits[0] - mx.logsumexp(logits[0])
+        return self._output(logits[0], state), state
+
+    def prefill(self, char_ids: list[int], state: Any, prefix: str = "") -> tuple[StepOutput, Any]:
+        """The sequence call (input projection in one matmul): bit-identical to stepping."""
+        mx = self._mx
+        logits, state = self.model(mx.array([list(char_ids)], dtype=mx.int32), state)
+        return self._output(logits[0, -1], state), state
+
+    def _output(self, logits, state) -> StepOutput:
+        mx = self._mx
+        log_probs = logits - mx.logsumexp(logits)
         mx.eval(log_probs, state)
         log_probs = np.array(log_probs)
         top = top_k_stable(log_probs, self.top_k)
-        return StepOutput(top, np.exp(log_probs[top]), log_probs), state
+        return StepOutput(top, np.exp(log_probs[top]), log_probs)
 
 
 class ONNXBackend:
@@ -136,8 +197,9 @@ class ONNXBackend:
 
         from edge_rnn.export.bundle import VOCAB, read_manifest
 
-        bundle_dir = Path(bundle_dir)
-        manifest = read_manifest(bundle_dir)
+        self._ort = ort
+        self.bundle_dir = bundle_dir = Path(bundle_dir)
+        self.manifest = manifest = read_manifest(bundle_dir)
         if manifest.get("target") != "onnx":
             raise EdgeRNNError(f"{bundle_dir} is a {manifest.get('target')} bundle; "
                                "this runtime runs ONNX bundles (Core ML runs on Apple devices)")
@@ -147,11 +209,16 @@ class ONNXBackend:
         self.units = manifest["model"]["units"]
         self.prefix_head = bool(manifest["export"].get("prefix_head"))
         self.sorted_words = self._sorted_words(bundle_dir) if self.prefix_head else []
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1  # a keyboard has one core
-        path = bundle_dir / manifest["export"]["model"]
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.options = ort.SessionOptions()
+        # a keyboard has one core to spare
+        self.options.intra_op_num_threads, self.options.inter_op_num_threads = threads, 1
+        self.session = self._load(manifest["export"]["model"])
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._prefill = None  # loaded on first use: most sessions never need it
+
+    def _load(self, file: str):
+        return self._ort.InferenceSession(str(self.bundle_dir / file), self.options,
+                                          providers=["CPUExecutionProvider"])
 
     def initial_state(self) -> list[np.ndarray]:
         return [np.zeros((1, self.units), np.float32) for _ in self.state_names]
@@ -170,91 +237,223 @@ class ONNXBackend:
 
     def step(self, char_id: int, state: list[np.ndarray], prefix: str = "") -> tuple[StepOutput, list[np.ndarray]]:
         feed = {"char": np.array([char_id], np.int32), **dict(zip(self.state_names, state))}
+        return self._run(self.session, feed, prefix)
+
+    def prefill(self, char_ids: list[int], state: list[np.ndarray], prefix: str = "") -> tuple[StepOutput, list[np.ndarray]]:
+        """The bundle's prefill graph: the whole string in one call."""
+        prefill = self.manifest["export"].get("prefill")
+        if not prefill:
+            raise EdgeRNNError(f"{self.bundle_dir} has no prefill graph; re-export the bundle")
+        if self._prefill is None:
+            self._prefill = self._load(prefill["file"])
+        feed = {"chars": np.array([list(char_ids)], np.int32), **dict(zip(self.state_names, state))}
+        return self._run(self._prefill, feed, prefix)
+
+    def _run(self, session, feed: dict, prefix: str) -> tuple[StepOutput, list[np.ndarray]]:
         if self.prefix_head:
             feed["range"] = self.range(prefix)
-        out = dict(zip(self.output_names, self.session.run(None, feed)))
+        out = dict(zip(self.output_names, session.run(self.output_names, feed)))
         log_probs = out["log_probs"][0] if "log_probs" in out else None
         new_state = [out[f"{name}_next"] for name in self.state_names]
         return StepOutput(out["top_ids"][0], out["top_probs"][0], log_probs), new_state
 
 
-class Session:
-    """A text field: feed it keystrokes, ask it for suggestions."""
+class Snapshot(NamedTuple):
+    """Everything a keystroke changes: what a backspace restores."""
 
-    def __init__(self, backend: Backend):
+    text: str
+    state: Any
+    last: StepOutput | None
+
+
+class Session:
+    """A text field: type into it, take characters back, accept suggestions."""
+
+    def __init__(self, backend: Backend, stack_depth: int = STACK_DEPTH, restart: str = "observation",
+                 max_chars: int = MAX_CHARS, context_chars: int = CONTEXT_CHARS):
+        if restart not in RESTARTS:
+            raise EdgeRNNError(f"unknown restart policy {restart!r}; choose one of: {', '.join(RESTARTS)}")
+        if stack_depth < 1 or max_chars < 2 * WORD_ROOM or not 0 <= context_chars < max_chars - WORD_ROOM:
+            raise EdgeRNNError(f"impossible session sizes: stack_depth={stack_depth}, "
+                               f"max_chars={max_chars}, context_chars={context_chars}")
         self.backend = backend
-        self._labels = np.array(backend.labels)
-        self._allowed = np.ones(len(backend.labels), bool)  # outputs that may be suggested
-        self._allowed[PAD] = False
-        if backend.task == "autocomplete":
-            self._allowed[UNK] = False
+        self.stack_depth, self.restart = stack_depth, restart
+        self.max_chars, self.context_chars = max_chars, context_chars
+        self._index = WordIndex(backend.labels, backend.task)
         self.reset()
+
+    # ---- the text field ------------------------------------------------------------------------
 
     def reset(self) -> None:
         """Back to an empty text field (zero state)."""
+        self.text = ""  # the retained symbols: the state is a function of them
         self.state = self.backend.initial_state()
-        self.typed = ""  # the symbols stepped so far
         self.last: StepOutput | None = None
+        self._stack: deque[Snapshot] = deque(maxlen=self.stack_depth)
 
-    def feed(self, text: str) -> None:
+    def type(self, text: str) -> None:
         """Normalise ``text`` and step each symbol. The first symbol after ``reset`` is a space
-        (every training sequence starts with one), and no two spaces are stepped in a row."""
-        symbols = normalise(text)
-        if not self.typed and not symbols.startswith(" "):
-            symbols = " " + symbols
-        if self.typed.endswith(" ") and symbols.startswith(" "):
-            symbols = symbols[1:]
-        for ch in symbols:
+        (every training observation starts with one), and no two spaces are stepped in a row."""
+        for ch in normalise(text):
+            if ch == " ":
+                if not self.text.endswith(" "):
+                    self.step(SPACE)
+                continue
+            if not self.text:
+                self.step(SPACE)
             self.step(SYMBOL_ID[ch])
 
+    def backspace(self, n: int = 1) -> None:
+        """Take back the last ``n`` symbols: from the stack while it holds them, then one rebuild
+        from the retained text (``prefill``). The leading space goes last, leaving an empty field."""
+        if n < 0:
+            raise EdgeRNNError(f"backspace needs n >= 0, got {n}")
+        while n and self._stack:
+            self.text, self.state, self.last = self._stack.pop()
+            n -= 1
+        if n:
+            self._rebuild(self.text[: max(len(self.text) - n, 0)])
+
+    def edit(self, before: str, after: str) -> None:
+        """Follow a text box whose raw text went from ``before`` to ``after``: type what was
+        appended, backspace what was deleted at the end, retype after an edit in the middle."""
+        old, new = field_symbols(before), field_symbols(after)
+        if new.startswith(old):
+            self.type(after[len(before):] if after.startswith(before) else new[len(old):])
+        elif old.startswith(new):
+            self.backspace(len(old) - len(new))
+        else:
+            self.reset()
+            self.type(after)
+
+    def accept(self, word: str) -> None:
+        """Put ``word`` in place of the partly typed word and finish it with a space."""
+        if self.backend.task != "autocomplete" or not word or not all("a" <= ch <= "z" for ch in word):
+            raise EdgeRNNError(f"cannot accept {word!r}: suggestions are words of a-z")
+        partial = self.prefix
+        if not word.startswith(partial):
+            self.backspace(len(partial))
+            partial = ""
+        self.type(word[len(partial):] + " ")
+
     def step(self, char_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """One keystroke by symbol id -> the model's top-k ids and probabilities (all outputs)."""
-        if not 0 <= char_id < len(SYMBOLS):
-            raise EdgeRNNError(f"symbol id must be in 0..{len(SYMBOLS) - 1}, got {char_id}")
-        typed = self.typed + (SYMBOLS[char_id] if char_id != PAD else "")
-        self.last, self.state = self.backend.step(char_id, self.state, self._word(typed))
-        self.typed = typed
+        """One symbol by id (no normalisation) -> the model's top-k ids and probabilities."""
+        if not 0 < char_id < len(SYMBOLS):
+            raise EdgeRNNError(f"symbol id must be in 1..{len(SYMBOLS) - 1}, got {char_id}")
+        self._stack.append(Snapshot(self.text, self.state, self.last))
+        text = self.text + SYMBOLS[char_id]
+        if char_id == SPACE and self._must_restart(text):
+            self._rebuild(self._context(text))
+        else:
+            self.last, self.state = self.backend.step(char_id, self.state, self._word(text))
+            self.text = self._retain(text)
         return self.last.top_ids, self.last.top_probs
-
-    def prefix(self) -> str:
-        """The typed part of the current word ("" right after a space): what suggestions match."""
-        return self._word(self.typed)
-
-    def _word(self, typed: str) -> str:
-        return typed.rsplit(" ", 1)[-1] if self.backend.task == "autocomplete" else ""
-
-    def suggest(self, k: int = 3) -> list[tuple[str, float]]:
-        """Up to ``k`` (word, probability) for the word being typed; [] before anything is fed.
-
-        Autocomplete: words starting with the typed part of the current word (all words right
-        after a space). Char LM: the most probable next symbols.
-        """
-        if self.last is None:
-            return []
-        allowed = self._allowed
-        prefix = self.prefix()
-        if prefix:
-            allowed = allowed & np.char.startswith(self._labels, prefix)
-        if self.last.log_probs is not None:
-            ids = np.flatnonzero(allowed)
-            probs = np.exp(self.last.log_probs[ids])
-            best = np.argsort(-probs, kind="stable")[:k]
-            return [(str(self._labels[ids[j]]), float(probs[j])) for j in best]
-        top = [(int(i), float(p)) for i, p in zip(self.last.top_ids, self.last.top_probs) if allowed[i]]
-        return [(str(self._labels[i]), p) for i, p in top[:k]]
 
     def complete(self, text: str, k: int = 3) -> list[tuple[str, float]]:
         """One shot: suggestions after typing ``text`` into an empty field."""
         self.reset()
-        self.feed(text)
-        return self.suggest(k)
+        self.type(text)
+        return self.suggestions(k)
+
+    # ---- what is typed -------------------------------------------------------------------------
+
+    @property
+    def prefix(self) -> str:
+        """The typed part of the current word ("" right after a space): what suggestions match."""
+        return self._word(self.text)
+
+    def _word(self, text: str) -> str:
+        return text.rsplit(" ", 1)[-1] if self.backend.task == "autocomplete" else ""
+
+    def _must_restart(self, text: str) -> bool:
+        return self.restart == "observation" and len(text) + WORD_ROOM > self.max_chars
+
+    def _context(self, text: str) -> str:
+        """The restarted observation: a space, the last whole words fitting ``context_chars``, and
+        the space just typed (an observation's text, as training saw them)."""
+        words, size = [], 0
+        for word in reversed(text.split()):
+            size += len(word) + 1
+            if size > self.context_chars:
+                break
+            words.append(word)
+        return " " + " ".join(reversed(words)) + " " if words else " "
+
+    def _retain(self, text: str) -> str:
+        """Continuous mode keeps only the last ``max_chars`` symbols, cut at a word boundary."""
+        if len(text) <= self.max_chars:
+            return text
+        cut = text.find(" ", len(text) - self.max_chars)
+        return text[cut:] if cut >= 0 else text[-self.max_chars:]
+
+    def _rebuild(self, text: str) -> None:
+        """State and output after ``text`` from the zero state, in one prefill call."""
+        self.text, self.state, self.last = text, self.backend.initial_state(), None
+        if text:
+            ids = [SYMBOL_ID[ch] for ch in text]
+            self.last, self.state = self.backend.prefill(ids, self.state, self._word(text))
+
+    # ---- suggestions ---------------------------------------------------------------------------
+
+    def suggestion_ids(self, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+        """Output ids and probabilities of the up to ``k`` suggestions (module docstring)."""
+        if self.last is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return self._index.best(self.last, self.prefix, k, self.backend.prefix_head)
+
+    def suggestions(self, k: int = 3) -> list[tuple[str, float]]:
+        """Up to ``k`` (word, probability), most probable first; [] before anything is typed.
+
+        Autocomplete: words starting with the typed part of the current word (any word right
+        after a space). Char LM: the most probable next symbols.
+        """
+        ids, probs = self.suggestion_ids(k)
+        labels = self.backend.labels
+        return [(labels[i], float(p)) for i, p in zip(ids, probs)]
 
 
-def open_session(path: Path, threads: int = 1) -> Session:
-    """A session on a run directory (``config.json``: MLX) or a bundle (``manifest.json``: ONNX)."""
+class WordIndex:
+    """The output words sorted once, so a prefix's candidates are one bisected range."""
+
+    def __init__(self, labels: list[str], task: str):
+        self.labels = labels
+        self.allowed = [True] * len(labels)  # outputs that may be suggested at all
+        self.allowed[PAD] = False
+        if task == "autocomplete":
+            self.allowed[UNK] = False
+        # alphabetical rank -> output id (char LM: no words, the prefix is always "")
+        self.order = 2 + np.argsort(np.array(labels[2:]), kind="stable") if task == "autocomplete" else None
+        self.sorted_words = [labels[i] for i in self.order] if self.order is not None else []
+
+    def candidates(self, prefix: str) -> np.ndarray:
+        """Output ids of the words starting with ``prefix``, in alphabetical order."""
+        lo, hi = prefix_range(self.sorted_words, prefix, offset=0)
+        return self.order[lo:hi]
+
+    def best(self, out: StepOutput, prefix: str, k: int, prefix_head: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most probable allowed words consistent with ``prefix``; ties: lower id."""
+        labels, allowed = self.labels, self.allowed
+        top = out.top_ids.tolist()
+        shown = [j for j, i in enumerate(top) if allowed[i] and labels[i].startswith(prefix)]
+        # the graph's top-k is the global top-k: if k of it match, they are the range's best k
+        if prefix_head or len(shown) >= k or out.log_probs is None:
+            shown = shown[:k]
+            return out.top_ids[shown], out.top_probs[shown]
+        if prefix:
+            ids = self.candidates(prefix)
+            best = ids[top_k_stable(out.log_probs[ids], k, ids)]
+        else:  # two more than asked for, then <pad> and <unk> out
+            best = top_k_stable(out.log_probs, k + 2)
+            best = best[[allowed[i] for i in best.tolist()]][:k]
+        return best, np.exp(out.log_probs[best])
+
+
+def open_session(path: Path, threads: int = 1, **options) -> Session:
+    """A session on a run directory (``config.json``: MLX) or a bundle (``manifest.json``: ONNX);
+    ``options`` go to ``Session`` (``stack_depth``, ``restart``, ``max_chars``, ``context_chars``)."""
     path = Path(path)
     if (path / "manifest.json").is_file():
-        return Session(ONNXBackend(path, threads=threads))
+        return Session(ONNXBackend(path, threads=threads), **options)
     if (path / "config.json").is_file():
-        return Session(MLXBackend(path))
+        return Session(MLXBackend(path), **options)
     raise EdgeRNNError(f"{path} is neither a run directory (config.json) nor a bundle (manifest.json)")

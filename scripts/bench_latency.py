@@ -318,7 +318,7 @@ def time_block(session: Session, warm: list[int], ids: list[int], reads: list[fl
         start = clock()
         session.step(c)
         times[k] = clock() - start
-        reads.append(read(session.prefix()))
+        reads.append(read(session.prefix))
     return times
 
 
@@ -390,8 +390,8 @@ def suggestion_agreement(full: Session, prefix: Session, ids: list[int]) -> tupl
     for c in ids:
         full.step(c)
         prefix.step(c)
-        ranked = full.suggest(4 * TOP_K)
-        want, got = ranked[:TOP_K], [w for w, _ in prefix.suggest(TOP_K)]
+        ranked = full.suggestions(4 * TOP_K)
+        want, got = ranked[:TOP_K], [w for w, _ in prefix.suggestions(TOP_K)]
         exact += [w for w, _ in want] == got
         prob = dict(ranked)
         tied += len(got) == len(want) and all(prob.get(w) == p for w, (_, p) in zip(got, want))

@@ -178,12 +178,12 @@ def test_suggestions_after_a_space_are_whole_words_without_specials(run_dir):
 
 def test_feed_normalises_like_the_manifest(run_dir):
     session = open_session(run_dir)
-    session.feed(RAW)
-    assert session.typed == NORM == " " + normalise(RAW).strip() + " "
-    session.feed(" Paris")  # no double space across feeds
-    assert session.typed == NORM + "paris"
+    session.type(RAW)
+    assert session.text == NORM == " " + normalise(RAW).strip() + " "
+    session.type(" Paris")  # no double space across feeds
+    assert session.text == NORM + "paris"
     session.reset()
-    assert session.typed == "" and session.suggest() == []
+    assert session.text == "" and session.suggestions() == []
 
 
 @pytest.mark.parametrize("typed,want", [("Hello, World", "hello world"), ("the ", "the "), (" Paris", " paris"),
@@ -195,10 +195,10 @@ def test_normalise_keeps_word_breaks_at_the_ends(typed, want):
 def test_feeding_in_pieces_equals_feeding_at_once(run_dir):
     pieces, whole = open_session(run_dir), open_session(run_dir)
     for piece in ["The", " capital", " o", "f ", " fr"]:
-        pieces.feed(piece)
-    whole.feed("the capital of fr")
-    assert pieces.typed == whole.typed == " the capital of fr"
-    assert pieces.suggest() == whole.suggest()
+        pieces.type(piece)
+    whole.type("the capital of fr")
+    assert pieces.text == whole.text == " the capital of fr"
+    assert pieces.suggestions() == whole.suggestions()
 
 
 def test_step_returns_the_models_top_k(run_dir):

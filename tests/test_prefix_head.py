@@ -57,7 +57,7 @@ def type_both(full, prefix, text: str):
     for ch in text:
         a.step(SYMBOL_ID[ch])
         b.step(SYMBOL_ID[ch])
-        yield a.typed, a, b
+        yield a.text, a, b
 
 
 def test_every_keystroke_same_words_same_order_same_state(bundles):
@@ -65,11 +65,11 @@ def test_every_keystroke_same_words_same_order_same_state(bundles):
     empty = narrow = wide = 0
     for typed, a, b in type_both(full, prefix, TEXT):
         for k in (1, K):
-            want = [w for w, _ in a.suggest(k)]
-            assert [w for w, _ in b.suggest(k)] == want, typed
+            want = [w for w, _ in a.suggestions(k)]
+            assert [w for w, _ in b.suggestions(k)] == want, typed
         for s_full, s_prefix in zip(a.state, b.state):
             np.testing.assert_array_equal(s_full, s_prefix)  # the state never reads the range
-        n = len(a.suggest(len(WORDS)))
+        n = len(a.suggestions(len(WORDS)))
         empty += n == 0
         wide += n > PREFIX_FULL_SHARE * (len(WORDS) + 2)
         narrow += 0 < n <= PREFIX_FULL_SHARE * (len(WORDS) + 2)
@@ -79,9 +79,9 @@ def test_every_keystroke_same_words_same_order_same_state(bundles):
 def test_probabilities_are_renormalised_over_the_prefix(bundles):
     full, prefix = bundles
     for typed, a, b in type_both(full, prefix, TEXT):
-        matching = a.suggest(len(WORDS))  # every word with the prefix, full-model probabilities
+        matching = a.suggestions(len(WORDS))  # every word with the prefix, full-model probabilities
         mass = sum(p for _, p in matching)
-        got = b.suggest(K)
+        got = b.suggestions(K)
         want = [(w, p / mass) for w, p in matching[:K]]
         assert [w for w, _ in got] == [w for w, _ in want], typed
         np.testing.assert_allclose([p for _, p in got], [p for _, p in want], rtol=1e-4, atol=1e-7)
@@ -91,24 +91,24 @@ def test_word_boundary_is_the_full_range(bundles):
     full, prefix = bundles
     a, b = open_session(full), open_session(prefix)
     for session in (a, b):
-        session.feed("he went to the ")
-    assert b.prefix() == ""
-    assert [w for w, _ in b.suggest(K)] == [w for w, _ in a.suggest(K)]
-    assert len(b.suggest(K)) == K  # <pad> and <unk> are outside the range: K real words
+        session.type("he went to the ")
+    assert b.prefix == ""
+    assert [w for w, _ in b.suggestions(K)] == [w for w, _ in a.suggestions(K)]
+    assert len(b.suggestions(K)) == K  # <pad> and <unk> are outside the range: K real words
 
 
 def test_prefix_matching_no_word(bundles):
     full, prefix = bundles
     a, b = open_session(full), open_session(prefix)
     for session in (a, b):
-        session.feed("the capital of qzx")
-    assert b.suggest(K) == [] == a.suggest(K)
+        session.type("the capital of qzx")
+    assert b.suggestions(K) == [] == a.suggestions(K)
     assert b.last.top_ids.shape == (0,)  # k = 0 in the graph
     for s_full, s_prefix in zip(a.state, b.state):
         np.testing.assert_array_equal(s_full, s_prefix)
     for session in (a, b):  # and typing on from there works
-        session.feed(" the ")
-    assert [w for w, _ in b.suggest(K)] == [w for w, _ in a.suggest(K)]
+        session.type(" the ")
+    assert [w for w, _ in b.suggestions(K)] == [w for w, _ in a.suggestions(K)]
 
 
 def test_one_character_words(bundles):
@@ -118,7 +118,7 @@ def test_one_character_words(bundles):
         want, got = a.complete(text, K), b.complete(text, K)
         assert [w for w, _ in got] == [w for w, _ in want], text
     b = open_session(prefix)
-    b.feed("a")
+    b.type("a")
     words = b.backend.sorted_words
     start, end = b.backend.range("a")
     assert words[start - 2] == "a"  # the word itself opens its own range
@@ -133,9 +133,9 @@ def test_prefill_takes_the_range_too(bundles):
     manifest = read_manifest(prefix)
     assert [i["name"] for i in manifest["export"]["prefill"]["inputs"]][-1] == "range"
     b = open_session(prefix)
-    b.feed("the capital of fr")
+    b.type("the capital of fr")
     sess = ort.InferenceSession(str(prefix / "prefill.onnx"), providers=["CPUExecutionProvider"])
-    chars = np.array([[SYMBOL_ID[c] for c in b.typed]], np.int32)
+    chars = np.array([[SYMBOL_ID[c] for c in b.text]], np.int32)
     zeros = {s["name"]: np.zeros((1, 16), np.float32) for s in manifest["state"]}
     out = sess.run(["top_ids"], {"chars": chars, **zeros, "range": b.backend.range("fr")})
     np.testing.assert_array_equal(out[0][0], b.last.top_ids)

@@ -92,12 +92,14 @@ PREFIX_FULL_SHARE = 0.3
 # the native operators at H = 256 and 1.5-2.7x faster at H = 600 (it skips the first layer's input
 # matmul, folded into the embedding, and the native ops' Unsqueeze/Squeeze). Over a sequence the
 # native GRU/LSTM operators beat Scan's per-step overhead by 1.2-2x at H <= 256 (the edge presets);
-# at H = 600 Scan is on par or faster. The plain RNN is faster as a Scan at every size. The Nested
-# LSTM has no native operator. The prefill is nevertheless a Scan for every cell: the native
-# operators want the weights re-blocked (their own gate order, transposed), so a native prefill
-# would carry a second copy of every recurrent weight, and an app ships the bundle's bytes on
-# every install while it prefills only after a long backspace or a restart (pass impl="native"
-# for a prefill graph with its own weights).
+# at H = 600 Scan is on par or faster (pass impl="matmul" there). The plain RNN is faster as a
+# Scan at every size. The Nested LSTM has no native operator. The prefill graph nevertheless uses
+# the matmul form by default: it is then bit-identical to streaming the step graph (same ops per
+# time step), which the runtime needs when it rebuilds a state after a long backspace or restarts
+# an observation (edge_rnn.runtime); the native operators differ in the last bits (~5e-8), and a
+# prefill runs once per ~100 typed characters, not per keystroke. It also reads the step graph's
+# own tensors, so the bundle stores every weight once (``share_weights``); the native operators
+# want them re-blocked (their gate order, transposed), a second copy.
 DEFAULT_IMPL = {
     "step": {"rnn": "matmul", "gru": "matmul", "lstm": "matmul", "cifg": "matmul", "nlstm": "matmul"},
     "prefill": {"rnn": "matmul", "gru": "matmul", "lstm": "matmul", "cifg": "matmul", "nlstm": "matmul"},
