@@ -14,6 +14,7 @@ from typing import List, Optional
 import typer
 
 from cli.bench import bench
+from cli.demo import demo
 from cli.quantize import quantize
 from cli.show import completions_table, console, err_console, key_value_table, metrics_table, training_progress
 
@@ -224,6 +225,7 @@ def _quickstart_bundle(run: Path, from_run: list) -> Path:
 
 app.command()(quantize)
 app.command()(bench)
+app.command()(demo)
 
 
 def _fail(message: str) -> typer.Exit:
