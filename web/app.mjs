@@ -74,7 +74,9 @@ function fail(err) {
 }
 
 async function start() {
-  session = await openSession(ort, fetchFiles(new URL("./bundle/", import.meta.url).href), { threads: 1 });
+  const params = new URLSearchParams(location.search); // ?stack=N: a shallow state stack (tests)
+  const options = { threads: 1, ...(params.has("stack") ? { stackDepth: Number(params.get("stack")) } : {}) };
+  session = await openSession(ort, fetchFiles(new URL("./bundle/", import.meta.url).href), options);
   const m = session.backend.manifest;
   const head = m.export.prefix_head ? "prefix-range head" : "full head";
   const precision = m.quantization ? m.quantization.to : m.export.precision;
