@@ -182,7 +182,12 @@ def quantize_onnx(source: Source, to: str, tmp: Path) -> dict:
         opsets[name] = {op.domain or "ai.onnx": op.version for op in model.opset_import}
     save_shared(models, tmp)  # the graphs quantized alike: their weights stored once again
     shutil.copy2(source.path / VOCAB, tmp / VOCAB)
-    record.update(tensors=tensors, export={"precision": to, "opset_imports": opsets, "weights": WEIGHTS_FILE})
+    export = {"precision": to, "opset_imports": opsets, "weights": WEIGHTS_FILE}
+    if source.manifest["export"].get("ort"):  # an --ort bundle: its .ort files from the new graphs
+        from edge_rnn.export.ort_format import write_ort_format
+
+        export["ort"] = write_ort_format(tmp, list(models), source.manifest["model"]["n_outputs"])
+    record.update(tensors=tensors, export=export)
     return record
 
 

@@ -79,7 +79,7 @@ OPSET = 18  # for Split(num_outputs=...); ONNX Runtime 1.14+ (native and web)
 IR_VERSION = 8  # the lowest IR that carries opset 18: readable by older runtimes
 STEP_FILE, PREFILL_FILE = "model.onnx", "prefill.onnx"
 WEIGHTS_FILE = "weights.bin"  # the one copy of the weights both graphs name (ONNX external data)
-SHARED_MIN_BYTES = 1024  # smaller tensors (shapes, axes, scales) stay inside each graph
+SHARED_MIN_BYTES = 256  # smaller tensors (shapes, axes, biases of tiny models) stay inside each graph
 PRECISIONS = ("fp32", "fp16")
 IMPLS = ("matmul", "native")
 NATIVE_CELLS = ("rnn", "gru", "lstm", "cifg")
@@ -646,7 +646,7 @@ def _prefix_order_for(config, words: Sequence[str] | None, with_log_probs: bool)
 
 def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: bool = False,
                 precision: str = "fp32", *, impl: str | None = None, prefix_head: bool = False,
-                words: Sequence[str] | None = None) -> dict:
+                words: Sequence[str] | None = None, ort_format: bool = False) -> dict:
     """Write ``model.onnx`` (step) and ``prefill.onnx`` into ``out_dir``; return the manifest
     fragment: files, ``model`` (the step graph's file, as in the Core ML fragment), opset, the step
     graph's inputs/outputs, the prefill graph's, which cell form each graph uses, and
@@ -655,6 +655,7 @@ def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: 
     ``impl`` ("matmul" or "native") overrides ``DEFAULT_IMPL`` for both graphs (benchmarks, tests).
     ``prefix_head`` needs ``words``, the output words in the model's id order; the exported ids
     are then ``prefix_order(words)`` (the caller writes the vocabulary in that order).
+    ``ort_format``: also the ORT-format models for ONNX Runtime Mobile (``edge_rnn.export.ort_format``).
     """
     if precision not in PRECISIONS:
         raise EdgeRNNError(f"unknown ONNX precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -665,7 +666,7 @@ def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: 
         models = {name: fp16_weights(m) for name, m in models.items()}
     step, prefill = models["step"].graph, models["prefill"].graph
     save_shared({STEP_FILE: models["step"], PREFILL_FILE: models["prefill"]}, Path(out_dir))
-    return {
+    fragment = {
         "format": "onnx", "opset": OPSET, "ir_version": IR_VERSION, "precision": precision,
         "files": [STEP_FILE, PREFILL_FILE], "model": STEP_FILE, "weights": WEIGHTS_FILE,
         "weights_note": "both graphs read their weights from this one file (ONNX external data, "
@@ -678,6 +679,11 @@ def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: 
         "implementation": {name: resolve_impl(model.config.cell, name, impl) for name in models},
         "prefix_head": _prefix_head_fragment(model.config) if prefix_head else False,
     }
+    if ort_format:
+        from edge_rnn.export.ort_format import write_ort_format
+
+        fragment["ort"] = write_ort_format(Path(out_dir), [STEP_FILE, PREFILL_FILE], model.config.n_outputs)
+    return fragment
 
 
 def _prefix_head_fragment(config) -> dict:
