@@ -9,7 +9,7 @@ unplugged. URL layout, which ``web/app.mjs`` relies on::
     /bundle/NAME    the bundle's manifest.json and the files it lists (nothing else of the folder)
 
 Responses are gzip-compressed when the browser accepts it (the 14 MB .wasm is ~3.5 MB on the
-wire), compressed once per file and kept in memory; ``.wasm`` is served as ``application/wasm``
+wire), compressed once per file when the server starts and kept in memory; ``.wasm`` is served as ``application/wasm``
 (WebAssembly's streaming compile requires it) and ``.mjs`` as JavaScript.
 """
 
@@ -87,7 +87,10 @@ class DemoHandler(http.server.BaseHTTPRequestHandler):
 def demo_server(bundle: Path, port: int = 0, quiet: bool = False) -> http.server.ThreadingHTTPServer:
     """A server for ``bundle`` on 127.0.0.1:``port`` (0: a free port), not yet serving: call
     ``serve_forever()`` (``url(server)`` says where it is)."""
-    handler = type("Handler", (DemoHandler,), {"routes": demo_routes(bundle), "quiet": quiet})
+    routes = demo_routes(bundle)
+    for path in set(routes.values()):  # compress now, not while the page waits (~1 s for the wasm)
+        _gzipped(path, path.stat().st_mtime)
+    handler = type("Handler", (DemoHandler,), {"routes": routes, "quiet": quiet})
     try:
         return http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     except OSError as err:
