@@ -15,6 +15,7 @@ from typing import List, Optional
 import typer
 
 from cli.bench import bench
+from cli.demo import demo
 from cli.quantize import quantize
 from cli.show import (completions_table, console, err_console, key_value_table, metrics_table, plain_lines,
                       training_progress)
@@ -178,8 +179,9 @@ def export(
     out: Optional[Path] = typer.Option(None, help="Bundle directory to write (default: bundles/<run>-<format>)."),
     top_k: int = typer.Option(3, help="Suggestions the step function returns."),
     coreml_state: str = typer.Option("io", help="Core ML only: 'io' (state as inputs/outputs, iOS 15+) or 'mlstate' (Core ML states, iOS 18+)."),
-    precision: str = typer.Option("fp32", help="fp32 or fp16 (Core ML: fp16 compute, head and softmax kept in fp32)."),
+    precision: str = typer.Option("fp32", help="fp32 or fp16 (Core ML: fp16 compute, head and softmax kept in fp32; ONNX: fp16 weights, fp32 compute and state)."),
     force: bool = typer.Option(False, help="Replace an existing non-empty output directory."),
+    ort: bool = typer.Option(False, "--ort", help="ONNX only: also write the ORT format models (.ort) that ONNX Runtime Mobile loads and required_operators.config for a reduced ONNX Runtime build (onnxruntime's own converter), each .ort checked against its .onnx."),
     prefix_head: bool = typer.Option(False, "--prefix-head", help="ONNX only: order the words alphabetically and compute only the rows of the typed prefix (a 'range' input); suggestions equal the full head's, probabilities are renormalised over the prefix. Without it the bundle also outputs log_probs over every word."),
 ):
     """Export a trained model as an app bundle: step-function model, vocab.json, manifest.json."""
@@ -188,7 +190,7 @@ def export(
     out = out or Path("bundles") / f"{Path(run_dir).name}-{format}"
     path = export_bundle(run_dir, out, fmt=format, top_k=top_k, coreml_state=coreml_state,
                          precision=precision, force=force, with_log_probs=not prefix_head,
-                         prefix_head=prefix_head)
+                         prefix_head=prefix_head, ort_format=ort)
     console.print(f"bundle written to [bold]{path}[/]")
 
 
@@ -254,6 +256,7 @@ app.command()(bench)
 app.command()(connectivity)
 app.command()(inspect)
 app.command()(plot)
+app.command()(demo)
 
 
 def _fail(message: str) -> typer.Exit:

@@ -391,7 +391,9 @@ def _open(source: Path, backend: str, threads: int) -> tuple[Any, dict]:
     m = manifest["model"]
     info = {"model": _model_info(m["cell"], m["layers"], m["units"], m["n_outputs"]),
             "files": {k: v["bytes"] for k, v in manifest.get("files", {}).items()},
-            "model_files": _files(source, [manifest["export"]["model"]])}
+            # the step graph and its external weights file (ONNX: shared with the prefill graph)
+            "model_files": _files(source, [manifest["export"]["model"],
+                                           *([manifest["export"]["weights"]] if manifest["export"].get("weights") else [])])}
     if backend == "coreml":
         b = CoreMLBackend(source)
         weights = sum(v for k, v in info["files"].items() if k.endswith("weight.bin"))

@@ -170,17 +170,24 @@ def quantize_onnx(source: Source, to: str, tmp: Path) -> dict:
     """Quantize every ``.onnx`` file of the bundle; copy the vocabulary."""
     import onnx
 
+    from edge_rnn.export.onnx import WEIGHTS_FILE, save_shared
+
     record = _onnx_record(source, to)
-    tensors, opsets = {}, {}
+    tensors, opsets, models = {}, {}, {}
     for name in source.manifest["export"]["files"]:
-        model = onnx.load(str(source.path / name))
+        model = onnx.load(str(source.path / name))  # with its external data (weights.bin)
         before = _float_weights(model)
-        model = ONNX_METHODS[to][0](model)
-        onnx.save(model, str(tmp / name))
+        models[name] = model = ONNX_METHODS[to][0](model)
         tensors[name] = _onnx_tensor_report(before, model)
         opsets[name] = {op.domain or "ai.onnx": op.version for op in model.opset_import}
+    save_shared(models, tmp)  # the graphs quantized alike: their weights stored once again
     shutil.copy2(source.path / VOCAB, tmp / VOCAB)
-    record.update(tensors=tensors, export={"precision": to, "opset_imports": opsets})
+    export = {"precision": to, "opset_imports": opsets, "weights": WEIGHTS_FILE}
+    if source.manifest["export"].get("ort"):  # an --ort bundle: its .ort files from the new graphs
+        from edge_rnn.export.ort_format import write_ort_format
+
+        export["ort"] = write_ort_format(tmp, list(models), source.manifest["model"]["n_outputs"])
+    record.update(tensors=tensors, export=export)
     return record
 
 
@@ -188,6 +195,9 @@ def _onnx_record(source: Source, to: str) -> dict:
     """What will be done; a prefix-range head (the bench's opt-in head) is noted or refused."""
     import onnxruntime
 
+    if source.manifest["export"].get("precision", "fp32") != "fp32":
+        raise EdgeRNNError(f"{source.path} is a {source.manifest['export']['precision']} bundle; "
+                           "quantize the fp32 bundle (export without --precision)")
     record = {"to": to, "source_precision": "fp32", "tool": f"onnxruntime {onnxruntime.__version__}",
               **ONNX_METHODS[to][1]}
     if source.manifest["export"].get("prefix_head"):
@@ -273,17 +283,9 @@ def _onnx_fp16(model):
     (rounding the recurrent state every keystroke) and, with shape inference, every intermediate
     value too; measured 1.4x slower than fp32 per step on the edge GRU (ONNX Runtime 1.32, x86).
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from edge_rnn.export.onnx import fp16_weights  # the same as export --precision fp16
 
-    graph, casts = model.graph, []
-    for init in [t for t in graph.initializer if t.data_type == TensorProto.FLOAT]:
-        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16")
-        graph.initializer.remove(init)
-        graph.initializer.append(half)
-        casts.append(helper.make_node("Cast", [half.name], [init.name], name=init.name + "_to_fp32",
-                                      to=TensorProto.FLOAT))
-    _prepend(graph, casts)
-    return model
+    return fp16_weights(model)
 
 
 def _prepend(graph, nodes: list) -> None:

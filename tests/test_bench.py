@@ -55,7 +55,7 @@ def test_bench_a_bundle(setup):
     result = run_bench(root / "bundle", steps=STEPS, warmup=10, text_path=text)
     assert result.backend == "onnx" and result.threads == 1 and not result.prefix_head
     assert_sane(result, root / "bundle")
-    assert result.model_bytes == (root / "bundle" / "model.onnx").stat().st_size
+    assert result.model_bytes == sum((root / "bundle" / f).stat().st_size for f in ("model.onnx", "weights.bin"))
 
 
 def test_bench_a_run_dir_in_mlx_and_onnx(setup):

@@ -44,8 +44,9 @@ def run_dir(tmp_path):
 def test_bundle_holds_files_vocab_and_manifest(run_dir, tmp_path):
     out = export_bundle(run_dir, tmp_path / "bundle", top_k=3)
     manifest = read_manifest(out)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "prefill.onnx", "vocab.json"]
-    assert set(manifest["files"]) == {"model.onnx", "prefill.onnx", "vocab.json"}
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "prefill.onnx",
+                                                     "vocab.json", "weights.bin"]
+    assert set(manifest["files"]) == {"model.onnx", "prefill.onnx", "vocab.json", "weights.bin"}
     assert manifest["files"]["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size
     assert manifest["format_version"] == FORMAT_VERSION and manifest["target"] == "onnx"
     assert manifest["model"] == {"cell": "lstm", "layers": 2, "units": 12, "depth": None, "embed_dim": 6,
@@ -147,11 +148,11 @@ def test_read_manifest_detects_tampering_and_missing_files(run_dir, tmp_path):
         read_manifest(tmp_path)
 
 
-def test_bad_format_and_fp16_onnx_raise(run_dir, tmp_path):
+def test_bad_format_and_precision_raise(run_dir, tmp_path):
     with pytest.raises(EdgeRNNError, match="unknown export format"):
         export_bundle(run_dir, tmp_path / "a", fmt="tflite")
-    with pytest.raises(EdgeRNNError, match="fp16 ONNX export not supported"):
-        export_bundle(run_dir, tmp_path / "b", precision="fp16")
+    with pytest.raises(EdgeRNNError, match="unknown precision"):
+        export_bundle(run_dir, tmp_path / "b", precision="bf16")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

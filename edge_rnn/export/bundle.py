@@ -1,6 +1,9 @@
 """The bundle: everything an app needs to run a model, and nothing from edge-rnn itself.
 
     model.onnx / prefill.onnx   (or model.mlpackage)  the step function (and sequence prefill)
+    weights.bin                 ONNX: the weights of both graphs, stored once (external data)
+    model.ort / prefill.ort     ONNX, with --ort: the ORT format for ONNX Runtime Mobile, and
+    required_operators.config   the operators a reduced ONNX Runtime build must include
     vocab.json                  input symbols and output words, in id order
     manifest.json               architecture, input/output and state layout, text normalisation,
                                 top_k, sha256 and size of every file, the source run's metrics
@@ -81,12 +84,14 @@ def state_layout(config: ModelConfig) -> list[dict]:
 
 def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 3,
                   coreml_state: str = "io", precision: str = "fp32", force: bool = False,
-                  with_log_probs: bool = False, prefix_head: bool = False) -> Path:
+                  with_log_probs: bool = False, prefix_head: bool = False, ort_format: bool = False) -> Path:
     """Export the run in ``run_dir`` as a bundle in ``out_dir``, atomically.
 
     The bundle is built in a temporary sibling folder and renamed into place only when complete,
     so a failure at any point leaves no half bundle (and an existing one untouched).
     ``prefix_head`` (ONNX only): the prefix-range head, vocab.json in its alphabetical order.
+    ``ort_format`` (ONNX only): also ``.ort`` models for ONNX Runtime Mobile and the operator list
+    of a reduced build (``edge_rnn.export.ort_format``).
     """
     from edge_rnn.model import QUANTIZATION, load
 
@@ -94,6 +99,8 @@ def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 
         raise EdgeRNNError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if precision not in PRECISIONS:
         raise EdgeRNNError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if ort_format and fmt != "onnx":
+        raise EdgeRNNError("the ORT format is for ONNX bundles only (--format onnx)")
     if prefix_head and fmt != "onnx":
         raise EdgeRNNError("the prefix-range head is built for ONNX bundles only (--format onnx)")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -104,7 +111,8 @@ def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 
     labels = _output_labels(model.config, vocab, run_dir)
     words = labels.words if prefix_head else None
     with atomic_dir(out_dir, force=force) as tmp:
-        fragment = _export_model(model, tmp, fmt, top_k, coreml_state, precision, with_log_probs, words)
+        fragment = _export_model(model, tmp, fmt, top_k, coreml_state, precision, with_log_probs, words,
+                                 ort_format)
         if words is not None:  # vocab.json lists the words in the exported id order
             labels = Vocab([words[k] for k in prefix_order(words)])
         (tmp / VOCAB).write_text(json.dumps(labels.to_json()))
@@ -133,14 +141,14 @@ def _output_labels(config: ModelConfig, vocab: Vocab | None, run_dir: Path) -> V
 
 
 def _export_model(model, out: Path, fmt: str, top_k: int, coreml_state: str, precision: str,
-                  with_log_probs: bool, words: list[str] | None = None) -> dict:
+                  with_log_probs: bool, words: list[str] | None = None, ort_format: bool = False) -> dict:
     """Write the model files for one target; imports each exporter only when it is used.
     ``words`` asks for the prefix-range head (ONNX)."""
     if fmt == "onnx":
         from edge_rnn.export.onnx import export_onnx
 
         return export_onnx(model, out, top_k=top_k, with_log_probs=with_log_probs, precision=precision,
-                           prefix_head=words is not None, words=words)
+                           prefix_head=words is not None, words=words, ort_format=ort_format)
     from edge_rnn.export.coreml import export_coreml
 
     return export_coreml(model, out, top_k=top_k, state=coreml_state, precision=precision,

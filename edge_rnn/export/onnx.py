@@ -59,10 +59,11 @@ Gemm (every word-boundary keystroke), narrower ones slice the head's columns.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -77,6 +78,9 @@ from edge_rnn.model import RNNModel
 OPSET = 18  # for Split(num_outputs=...); ONNX Runtime 1.14+ (native and web)
 IR_VERSION = 8  # the lowest IR that carries opset 18: readable by older runtimes
 STEP_FILE, PREFILL_FILE = "model.onnx", "prefill.onnx"
+WEIGHTS_FILE = "weights.bin"  # the one copy of the weights both graphs name (ONNX external data)
+SHARED_MIN_BYTES = 256  # smaller tensors (shapes, axes, biases of tiny models) stay inside each graph
+PRECISIONS = ("fp32", "fp16")
 IMPLS = ("matmul", "native")
 NATIVE_CELLS = ("rnn", "gru", "lstm", "cifg")
 # Prefix-range head: ranges wider than this share of the outputs run the full pre-packed Gemm and
@@ -93,7 +97,9 @@ PREFIX_FULL_SHARE = 0.3
 # the matmul form by default: it is then bit-identical to streaming the step graph (same ops per
 # time step), which the runtime needs when it rebuilds a state after a long backspace or restarts
 # an observation (edge_rnn.runtime); the native operators differ in the last bits (~5e-8), and a
-# prefill runs once per ~100 typed characters, not per keystroke.
+# prefill runs once per ~100 typed characters, not per keystroke. It also reads the step graph's
+# own tensors, so the bundle stores every weight once (``share_weights``); the native operators
+# want them re-blocked (their gate order, transposed), a second copy.
 DEFAULT_IMPL = {
     "step": {"rnn": "matmul", "gru": "matmul", "lstm": "matmul", "cifg": "matmul", "nlstm": "matmul"},
     "prefill": {"rnn": "matmul", "gru": "matmul", "lstm": "matmul", "cifg": "matmul", "nlstm": "matmul"},
@@ -525,6 +531,78 @@ def _metadata(config, top_k: int, with_log_probs: bool, graph: str, impl: str,
             "edge_rnn.prefix_head": json.dumps(prefix_head)}
 
 
+def share_weights(models: dict[str, onnx.ModelProto], location: str = WEIGHTS_FILE) -> bytes:
+    """Move the weights of several graphs into one blob that all of them name as ONNX external
+    data, each distinct tensor stored once; return the blob (the caller writes it as ``location``
+    beside the graphs).
+
+    Tensors are matched by dtype, shape and bytes, not by name, so graphs built from the same
+    weights share them after any deterministic rewrite (``edge-rnn quantize`` quantizes each graph
+    on its own, and the step and prefill graphs' int8 copies come out byte-identical). Offsets
+    are 64-byte aligned so a runtime may map the file. Subgraph (``Scan``/``If``) initializers
+    too; tensors under ``SHARED_MIN_BYTES`` stay inline. Modifies ``models`` in place.
+    """
+    blob, offsets = bytearray(), {}
+    for model in models.values():
+        for tensor in _initializers(model.graph):
+            if tensor.data_location == TensorProto.EXTERNAL:
+                raise EdgeRNNError(f"tensor {tensor.name} is already external; load the model with its data")
+            data = numpy_helper.to_array(tensor).tobytes()  # little-endian, as external data is laid out
+            if len(data) < SHARED_MIN_BYTES:
+                continue
+            key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(data).digest())
+            if key not in offsets:
+                blob += bytes(-len(blob) % 64)
+                offsets[key] = len(blob)
+                blob += data
+            for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
+                          "uint64_data", "string_data"):
+                tensor.ClearField(field)
+            del tensor.external_data[:]
+            for k, v in (("location", location), ("offset", offsets[key]), ("length", len(data))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = k, str(v)
+            tensor.data_location = TensorProto.EXTERNAL
+    return bytes(blob)
+
+
+def _initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _initializers(attr.g)
+
+
+def save_shared(models: dict[str, onnx.ModelProto], out_dir: Path, location: str = WEIGHTS_FILE) -> None:
+    """``share_weights`` then write ``location`` and each ``file -> model``, each atomically."""
+    blob = share_weights(models, location)
+    with atomic_path(Path(out_dir) / location) as tmp:
+        tmp.write_bytes(blob)
+    for file, model in models.items():
+        with atomic_path(Path(out_dir) / file) as tmp:
+            onnx.save(model, str(tmp))
+
+
+def fp16_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 storage, fp32 compute: each float initializer is stored float16 behind one ``Cast``
+    to float32, which ONNX Runtime folds when the session loads, so a step costs what fp32 costs
+    (CPUs without fp16 arithmetic), the head's softmax and top-k see fp32 logits and the state
+    inputs/outputs stay fp32 (see ``edge_rnn.quantize._onnx_fp16`` for why not onnxruntime's
+    ``convert_float_to_float16``). Modifies ``model`` in place."""
+    graph, casts = model.graph, []
+    for init in [t for t in graph.initializer if t.data_type == TensorProto.FLOAT]:
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16")
+        graph.initializer.remove(init)
+        graph.initializer.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], name=init.name + "_to_fp32",
+                                      to=TensorProto.FLOAT))
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)  # constants first: the graph stays topologically sorted
+    return model
+
+
 def resolve_impl(cell: str, graph: str, impl: str | None) -> str:
     """``None`` -> the measured default; ``native`` falls back to matmul for the Nested LSTM."""
     if impl is None:
@@ -568,7 +646,7 @@ def _prefix_order_for(config, words: Sequence[str] | None, with_log_probs: bool)
 
 def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: bool = False,
                 precision: str = "fp32", *, impl: str | None = None, prefix_head: bool = False,
-                words: Sequence[str] | None = None) -> dict:
+                words: Sequence[str] | None = None, ort_format: bool = False) -> dict:
     """Write ``model.onnx`` (step) and ``prefill.onnx`` into ``out_dir``; return the manifest
     fragment: files, ``model`` (the step graph's file, as in the Core ML fragment), opset, the step
     graph's inputs/outputs, the prefill graph's, which cell form each graph uses, and
@@ -577,21 +655,23 @@ def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: 
     ``impl`` ("matmul" or "native") overrides ``DEFAULT_IMPL`` for both graphs (benchmarks, tests).
     ``prefix_head`` needs ``words``, the output words in the model's id order; the exported ids
     are then ``prefix_order(words)`` (the caller writes the vocabulary in that order).
+    ``ort_format``: also the ORT-format models for ONNX Runtime Mobile (``edge_rnn.export.ort_format``).
     """
-    if precision != "fp32":
-        raise EdgeRNNError("fp16 ONNX export not supported; use edge-rnn quantize")
+    if precision not in PRECISIONS:
+        raise EdgeRNNError(f"unknown ONNX precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if prefix_head and words is None:
         raise EdgeRNNError("the prefix-range head needs the output words (to sort them)")
     models = build_models(model, top_k, with_log_probs, impl, words if prefix_head else None)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, file in (("step", STEP_FILE), ("prefill", PREFILL_FILE)):
-        with atomic_path(out_dir / file) as tmp:
-            onnx.save(models[name], str(tmp))
+    if precision == "fp16":
+        models = {name: fp16_weights(m) for name, m in models.items()}
     step, prefill = models["step"].graph, models["prefill"].graph
-    return {
+    save_shared({STEP_FILE: models["step"], PREFILL_FILE: models["prefill"]}, Path(out_dir))
+    fragment = {
         "format": "onnx", "opset": OPSET, "ir_version": IR_VERSION, "precision": precision,
-        "files": [STEP_FILE, PREFILL_FILE], "model": STEP_FILE,
+        "files": [STEP_FILE, PREFILL_FILE], "model": STEP_FILE, "weights": WEIGHTS_FILE,
+        "weights_note": "both graphs read their weights from this one file (ONNX external data, "
+                        "offsets inside the graphs): load each graph from the bundle folder, or "
+                        "hand the file to the runtime (onnxruntime-web: the externalData option)",
         "inputs": _io_spec(list(step.input)), "outputs": _io_spec(list(step.output)),
         "prefill": {"file": PREFILL_FILE, "inputs": _io_spec(list(prefill.input)),
                     "outputs": _io_spec(list(prefill.output)), "min_time": 1},
@@ -599,6 +679,11 @@ def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: 
         "implementation": {name: resolve_impl(model.config.cell, name, impl) for name in models},
         "prefix_head": _prefix_head_fragment(model.config) if prefix_head else False,
     }
+    if ort_format:
+        from edge_rnn.export.ort_format import write_ort_format
+
+        fragment["ort"] = write_ort_format(Path(out_dir), [STEP_FILE, PREFILL_FILE], model.config.n_outputs)
+    return fragment
 
 
 def _prefix_head_fragment(config) -> dict:
