@@ -16,6 +16,7 @@ import typer
 
 from cli.bench import bench
 from cli.demo import demo
+from cli.keyboard import KSR_PROTOCOL
 from cli.quantize import quantize
 from cli.show import (completions_table, console, err_console, key_value_table, metrics_table, plain_lines,
                       training_progress)
@@ -108,17 +109,45 @@ def _model_config(cell, preset, layers, units, depth, embed_dim, vocab_size, tas
     return ModelConfig.from_dict({**base, **{k: v for k, v in given.items() if v is not None}})
 
 
-@app.command("eval")
+@app.command("eval", epilog=KSR_PROTOCOL)
 def eval_(
-    run_dir: Path = typer.Argument(..., help="A run directory written by 'edge-rnn train'."),
-    split: str = typer.Option("test", help="Which split to evaluate: train, valid or test."),
+    source: Path = typer.Argument(..., metavar="RUN_DIR|BUNDLE", help="A run directory written by 'edge-rnn train', or (with --keyboard) an exported ONNX bundle."),
+    split: str = typer.Option("test", help="Which split of the run to evaluate: train, valid or test (without --corpus)."),
+    corpus: Optional[str] = typer.Option(None, help="Evaluate on this UTF-8 text file instead (normalised like training, labelled with the model's vocabulary; 'demo' is the built-in corpus)."),
+    keyboard: bool = typer.Option(False, "--keyboard", help="Keyboard metrics beside two non-neural keyboards built from the run's training split (prefix frequency, Kneser-Ney word trigram): top-1/top-3 with the prefix filter at every (word, letters typed) position and by letters typed, next-word top-3, OOV rate, keystroke savings rate (protocol below)."),
+    max_words: Optional[int] = typer.Option(None, help="--keyboard: score only the first N words of the text."),
     batch_size: int = typer.Option(64, help="Batch size (does not change the numbers)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON instead of tables."),
 ):
-    """Evaluate a run on its held-out data: cross-entropy, top-1/top-3 (and BPC for charlm)."""
-    from edge_rnn.evaluate import evaluate_run
+    """Evaluate a model: cross-entropy and top-1/top-3 (BPC for charlm) on its held-out split or
+    any text file; with [bold]--keyboard[/] what a typist sees and saves, for the model (a run, or
+    exactly the bundle you ship: fp32, int8, prefix head) and for both baselines."""
+    import json
 
-    result = evaluate_run(run_dir, split, batch_size)
-    console.print(metrics_table(f"{run_dir} on {split}", {k: v for k, v in result.items()}))
+    if keyboard:
+        from cli.keyboard import keyboard_progress, print_keyboard
+        from edge_rnn.keyboard import keyboard_report
+
+        if split != "test":
+            raise _fail("--keyboard scores the test split or --corpus PATH; --split does not apply")
+        with keyboard_progress() as hook:
+            report = keyboard_report(source, corpus, max_words, hook)
+        print(json.dumps(report, indent=2)) if json_out else print_keyboard(report)
+        return
+    if max_words is not None:
+        raise _fail("--max-words applies to --keyboard")
+    if (source / "manifest.json").is_file():
+        raise _fail(f"{source} is a bundle: evaluate it with --keyboard (cross-entropy needs the run directory)")
+    from edge_rnn.evaluate import evaluate_corpus, evaluate_run
+
+    if corpus is not None:
+        result, where = evaluate_corpus(source, corpus, batch_size), corpus
+    else:
+        result, where = evaluate_run(source, split, batch_size), split
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(metrics_table(f"{source} on {where}", {k: v for k, v in result.items()}))
 
 
 @app.command()

@@ -106,3 +106,19 @@ def evaluate_run(run_dir: Path, split: str = "test", batch_size: int = 64) -> di
     if splits.task == "autocomplete" and split == "test":
         result["baseline"] = {"top1": most_frequent_baseline(splits)}
     return result
+
+
+def evaluate_corpus(run_dir: Path, corpus: str, batch_size: int = 64) -> dict:
+    """Metrics of a saved run on any text: normalised like training, cut into observations the
+    same way, labelled with the run's own vocabulary (words outside it are ``<unk>``)."""
+    from edge_rnn.data import encode_autocomplete, encode_charlm
+
+    model, vocab = load(run_dir)
+    text = load_corpus(corpus)
+    if model.config.task == "autocomplete":
+        if vocab is None:
+            raise EdgeRNNError(f"{run_dir} has no vocab.json; labelling text needs the run's words")
+        data = encode_autocomplete(text, vocab)
+    else:
+        data = encode_charlm(text)
+    return {"model": evaluate(model, data, batch_size)}
