@@ -57,7 +57,8 @@ def checkpoint_step(run: Path) -> int:
     return json.loads(path.read_text())["step"] if path.exists() else 0
 
 
-def trial(corpus: Path, work: Path, steps: int, kills: int, rng: random.Random, reference: dict) -> tuple[int, int, bool]:
+def trial(corpus: Path, work: Path, steps: int, kills: int, rng: random.Random, reference: dict,
+          seconds: float) -> tuple[int, int, bool]:
     out = work / f"run-{rng.randrange(1 << 30)}"
     done_kills = resumes = 0
     first = True
@@ -72,7 +73,7 @@ def trial(corpus: Path, work: Path, steps: int, kills: int, rng: random.Random, 
                 how, proc = f"inside at {crash_at}", subprocess.Popen(args, env=env(crash_at), stdout=subprocess.DEVNULL,
                                                                      stderr=subprocess.PIPE, text=True)
             else:
-                delay = rng.uniform(0.5, 8.0)
+                delay = rng.uniform(0.1, 0.9) * seconds  # within an uninterrupted run's time
                 proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 try:
                     proc.wait(timeout=delay)
@@ -117,13 +118,13 @@ def main() -> None:
         ref = subprocess.run(command(corpus, work / "reference", args.steps), env=env(), capture_output=True, text=True)
         if ref.returncode != 0:
             raise SystemExit(ref.stderr)
-        reference = state(work / "reference")
+        reference, seconds = state(work / "reference"), time.perf_counter() - t0
         print(f"fault injection (schedule seed {seed}): {args.trials} trials x {args.kills} kills, "
-              f"{args.steps} steps each (uninterrupted run: {time.perf_counter() - t0:.0f} s)", flush=True)
+              f"{args.steps} steps each (uninterrupted run: {seconds:.1f} s)", flush=True)
         totals = [0, 0, 0]
         for k in range(args.trials):
             print(f"trial {k + 1}:", flush=True)
-            kills, resumes, exact = trial(corpus, work, args.steps, args.kills, rng, reference)
+            kills, resumes, exact = trial(corpus, work, args.steps, args.kills, rng, reference, seconds)
             print(f"  -> {kills} kills, {resumes} resumes, {'bit-exact' if exact else 'DIFFERENT'}", flush=True)
             totals = [totals[0] + kills, totals[1] + resumes, totals[2] + exact]
         print(f"kills {totals[0]}, resumes {totals[1]}, bit-exact finishes {totals[2]}/{args.trials}")
