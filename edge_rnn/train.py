@@ -25,6 +25,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from edge_rnn import model as modeling
+from edge_rnn import schedule
 from edge_rnn.data import Dataset, Splits, load_corpus, make_splits
 from edge_rnn.evaluate import evaluate
 from edge_rnn.io import EdgeRNNError, atomic_dir, atomic_write_text
@@ -47,6 +48,9 @@ class TrainConfig:
     seed: int = 0
     autodiff: bool = False  # use MLX autodiff instead of the cells' hand-written backward
     minutes: float | None = None  # stop early after this much training time (a fixed budget)
+    schedule: str = "cosine"  # edge_rnn.schedule: warm-up, then cosine decay to the end of the budget
+    warmup: int | None = None  # warm-up steps; None: 5 % of steps, at most 100
+    adam_bias_correction: bool = True  # MLX's Adam defaults to False: up to ~6x the lr early on
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -81,6 +85,15 @@ def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None) -
         return loss, n, hits
 
     return step
+
+
+def make_optimizer(config: TrainConfig) -> optim.Optimizer:
+    """Adam as PyTorch and the Adam paper define it (bias-corrected), at the schedule's first rate.
+
+    The schedule's rate is set before every step by ``train``; see ``edge_rnn.schedule``.
+    """
+    return optim.Adam(learning_rate=schedule.learning_rate(config, 1),
+                      bias_correction=config.adam_bias_correction)
 
 
 def _log(run_dir: Path, record: dict) -> None:
@@ -130,7 +143,7 @@ def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resum
         model_config = ModelConfig.from_dict({**asdict(model_config), "vocab_size": len(splits.vocab) - 2})
 
     mx.random.seed(config.seed)
-    optimizer = optim.Adam(learning_rate=config.lr)
+    optimizer = make_optimizer(config)
     if resume:
         model, vocab = modeling.load(run_dir)
         if vocab is not None and splits.vocab is not None and vocab.words != splits.vocab.words:
@@ -181,10 +194,12 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
     if start >= config.steps:
         raise EdgeRNNError(f"{run_dir} already reached step {start}; pass a larger --steps to continue")
     step_fn = make_step(model, optimizer, config.clip)
-    deadline = time.perf_counter() + 60 * config.minutes if config.minutes else float("inf")
+    started = time.perf_counter()
+    deadline = started + 60 * config.minutes if config.minutes else float("inf")
     window, valid = Window(), {}
     for step in range(start + 1, config.steps + 1):
         ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
+        optimizer.learning_rate = schedule.learning_rate(config, step, time.perf_counter() - started)
         loss, n, hits = step_fn(mx.array(ids), mx.array(targets))
         stats = window.add(loss, n, hits, ids)
         if progress:
