@@ -235,7 +235,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
             steps = [p["step"] for p in run["curve"]]
             style = "k--" if run["name"] == "pytorch" else None
             args = (steps, [p["ce"] for p in run["curve"]]) + ((style,) if style else ())
-            ax.plot(*args, label=run["name"])
+            ax.plot(*args, marker="o", label=run["name"])
         ax.set_title(f"{r['cell']} {r['layers']}x{r['units']}")
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
@@ -243,7 +243,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
         ax.set_xlabel("step")
     for row in axes:
         row[0].set_ylabel("valid cross-entropy")
-    axes[0][0].legend(fontsize=7)
+    max(axes.flat, key=lambda a: len(a.lines)).legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
