@@ -77,8 +77,10 @@ class RNNModel(nn.Module):
         super().__init__()
         self.config = config
         E, H = config.embed_dim, config.units
-        # 27 trainable rows; symbol 0 (<pad>) embeds to a constant zero vector (the article's recipe)
-        self.embedding = mx.random.normal((N_SYMBOLS - 1, E)) * (1.0 / E**0.5)
+        # 27 trainable rows; symbol 0 (<pad>) embeds to a constant zero vector (the article's recipe).
+        # N(0, 1) like nn.Embedding / tf.keras: rows of norm ~sqrt(E), so that a Glorot input kernel
+        # passes a unit-scale signal to the gates (rows of norm 1 starved a 2-layer stack: issue 14)
+        self.embedding = mx.random.normal((N_SYMBOLS - 1, E))
         self.layers = [make_cell(config.cell, E if k == 0 else H, H, config.depth)
                        for k in range(config.layers)]
         self.head = nn.Linear(H, config.n_outputs)

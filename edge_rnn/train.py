@@ -33,7 +33,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from edge_rnn import distributed
+from edge_rnn import distributed, schedule
 from edge_rnn import model as modeling
 from edge_rnn.data import Dataset, Splits, load_corpus, make_splits
 from edge_rnn.evaluate import evaluate
@@ -64,6 +64,9 @@ class TrainConfig:
     exact_vocab: bool = False  # the vocabulary size was asked for explicitly: too few words is an error
     distributed: bool = False  # require mlx.launch's group (it is joined anyway when launched)
     ranks: int = 1  # data-parallel processes; each trains on batch_size // ranks rows of a batch
+    schedule: str = "cosine"  # edge_rnn.schedule: warm-up, then cosine decay to the end of the budget
+    warmup: int | None = None  # warm-up steps; None: 5 % of steps, at most 100
+    adam_bias_correction: bool = True  # MLX's Adam defaults to False: up to ~6x the lr early on
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "eval_batches"):
@@ -74,6 +77,8 @@ class TrainConfig:
         for name in ("lr", "checkpoint_minutes", "log_seconds"):
             if not getattr(self, name) > 0:
                 raise EdgeRNNError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.schedule not in schedule.SCHEDULES:
+            raise EdgeRNNError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(schedule.SCHEDULES)}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -114,6 +119,15 @@ def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None,
         return loss, n, hits
 
     return step
+
+
+def make_optimizer(config: TrainConfig) -> optim.Optimizer:
+    """Adam as PyTorch and the Adam paper define it (bias-corrected), at the schedule's first rate.
+
+    The schedule's rate is set before every step by ``train``; see ``edge_rnn.schedule``.
+    """
+    return optim.Adam(learning_rate=schedule.learning_rate(config, 1),
+                      bias_correction=config.adam_bias_correction)
 
 
 def _log(run_dir: Path, record: dict) -> None:
@@ -217,7 +231,7 @@ def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resum
         model_config = ModelConfig.from_dict({**asdict(model_config), "vocab_size": len(splits.vocab) - 2})
 
     mx.random.seed(config.seed)
-    optimizer = optim.Adam(learning_rate=config.lr)
+    optimizer = make_optimizer(config)
     key = mx.random.key(config.seed)  # the run's own RNG stream, carried by the checkpoint
     if resume and has_checkpoint:
         model, vocab = modeling.load(run_dir)
@@ -353,7 +367,7 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
 
 def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks, rows, progress, echo) -> dict:
     """Steps, validation and checkpoints (rank 0 writes) until the steps or the minutes run out."""
-    deadline = time.perf_counter() + 60 * config.minutes if config.minutes else float("inf")
+    started = time.perf_counter()
     log = ProgressLog(run_dir, start, config.steps, config.log_seconds, echo) if ranks.main else None
     if log:
         log.write(f"{'resuming from step ' + str(start) if start else 'starting'}: {config.steps} steps, "
@@ -364,6 +378,8 @@ def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks,
     with Interrupt() as interrupt:
         for step in range(start + 1, config.steps + 1):
             ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
+            elapsed = _elapsed(started, config, ranks)
+            optimizer.learning_rate = schedule.learning_rate(config, step, elapsed)
             loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]))
             crash_point("step")
             stats = window.add(loss, n, hits, ids)
@@ -371,7 +387,7 @@ def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks,
                 progress(step, stats)
             if log:
                 log.step(step, stats)
-            last = step == config.steps or _past(deadline, ranks)
+            last = step == config.steps or (config.minutes is not None and elapsed > 60 * config.minutes)
             if step % config.eval_every == 0 or last:
                 valid = evaluate(model, splits.valid, config.batch_size, None if last else config.eval_batches, ranks)
                 crash_point("eval")
@@ -395,10 +411,11 @@ def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks,
     return {**valid, "steps": step, "vocab_size": model.config.vocab_size}
 
 
-def _past(deadline: float, ranks: distributed.Ranks) -> bool:
-    """Whether the time budget is spent; with several ranks, rank 0's clock decides for all (one
-    small all-reduce per step, only when a budget is set) so that every rank stops at one step."""
-    if deadline == float("inf") or ranks.size == 1:
-        return time.perf_counter() > deadline
-    late = mx.array(ranks.main and time.perf_counter() > deadline)
-    return bool(distributed.all_sum(late, ranks).item())
+def _elapsed(started: float, config: TrainConfig, ranks: distributed.Ranks) -> float:
+    """Seconds of training so far: what a time budget and its schedule run on. With several
+    ranks, rank 0's clock for all (one tiny all-reduce per step, only when a budget is set), so
+    every rank uses the same learning rate and stops at the same step."""
+    elapsed = time.perf_counter() - started
+    if config.minutes is None or ranks.size == 1:
+        return elapsed
+    return float(distributed.all_sum(mx.array(elapsed if ranks.main else 0.0), ranks).item())

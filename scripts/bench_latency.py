@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
+import torch_cells  # the equations of CIFG and the Nested LSTM, shared with bench_train/compare_learning
+
 from edge_rnn.bench import CORPUS_DIR, keystrokes, memory_bandwidth, onnx_step_bytes, mlx_step_bytes
 from edge_rnn.data import demo_corpus, normalise
 from edge_rnn.export.bundle import export_bundle, read_manifest
@@ -159,8 +161,8 @@ class TorchBuiltin(nn.Module):
 
 
 class TorchHandwritten(nn.Module):
-    """CIFG and the Nested LSTM, which PyTorch does not have, from ``nn.Linear`` and the equations
-    of ``edge_rnn.cells`` (the names are theirs)."""
+    """CIFG and the Nested LSTM, which PyTorch does not have, from ``nn.Linear`` holding our weights
+    and the equations of ``scripts/torch_cells.py`` (the names are ``edge_rnn.cells``')."""
 
     def __init__(self, cfg, p: dict):
         super().__init__()
@@ -184,29 +186,12 @@ class TorchHandwritten(nn.Module):
 
     @staticmethod
     def cifg(gates, c):
-        """i = sigmoid(i);  c = (1 - i) * c + i * tanh(g);  h = sigmoid(o) * tanh(c)"""
-        i, g, o = gates.chunk(3, dim=-1)
-        i = torch.sigmoid(i)
-        c = (1 - i) * c + i * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        h, c = torch_cells.cifg_update(gates, c)
         return h, [h, c]
 
     def nlstm(self, k, gates, cs):
-        h, *cs = self.level(k, 0, gates, cs)
+        h, *cs = torch_cells.nlstm_level(self.inner[k], 0, gates, cs)
         return h, [h, *cs]
-
-    def level(self, k, d, gates, cs):
-        """Nested LSTM level ``d``: see ``edge_rnn.cells.NestedLSTM``."""
-        i, f, g, o = gates.chunk(4, dim=-1)
-        h_inner = torch.sigmoid(f) * cs[d]
-        x_inner = torch.sigmoid(i) * (g if d == 0 else torch.tanh(g))
-        if d == self.depth - 1:
-            deeper = [h_inner + x_inner]
-        else:
-            wx, wh = self.inner[k][d]
-            deeper = self.level(k, d + 1, wx(x_inner) + wh(h_inner), cs)
-        c = deeper[0]
-        return [torch.sigmoid(o) * torch.tanh(c), c, *deeper[1:]]
 
 
 def torch_state_shapes(cfg) -> list[tuple[int, ...]]:

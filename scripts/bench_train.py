@@ -11,7 +11,8 @@ a target at every position (the autocomplete task's shape: embedding -> cells ->
 interleaved, round after round, so that load from other processes hits them alike; the table
 reports the median step time over all rounds.
 
-- torch:    nn.GRU / nn.LSTM (MKL/oneDNN kernels), a hand-written module for the Nested LSTM;
+- torch:    nn.GRU / nn.LSTM (MKL/oneDNN kernels), hand-written CIFG and Nested LSTM modules
+            (all in scripts/torch_cells.py);
             nn.Embedding + nn.Linear head + F.cross_entropy, torch.optim.Adam.
 - ours:     edge_rnn.model.RNNModel with the hand-written BPTT (the default), the fused softmax
             cross-entropy, Adam, the whole step under mx.compile (as edge_rnn.train does).
@@ -29,6 +30,7 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # torch_cells
 
 import edge_rnn  # noqa: E402  (loads the fast BLAS before MLX)
 import mlx.core as mx  # noqa: E402
@@ -46,64 +48,18 @@ PRESETS = ["edge-gru", "edge-lstm", "edge-nlstm", "article-gru", "article-lstm",
 
 # ---- PyTorch side --------------------------------------------------------------------------------
 
-def torch_model(cfg, torch):
-    nn = torch.nn
+def torch_model(cfg):
+    """The same model in PyTorch (``scripts/torch_cells.py``: nn.GRU/LSTM/RNN, hand-written CIFG/NLSTM)."""
+    import torch_cells
 
-    class NestedLSTM(nn.Module):
-        """Nested LSTM (Moniz & Krueger 2018) as edge_rnn.cells.NestedLSTM, written for PyTorch."""
-
-        def __init__(self, input_size, hidden, depth):
-            super().__init__()
-            self.H, self.depth = hidden, depth
-            self.outer_x = nn.Linear(input_size, 4 * hidden)
-            self.outer_h = nn.Linear(hidden, 4 * hidden, bias=False)
-            self.inner = nn.ModuleList(nn.Linear(2 * hidden, 4 * hidden) for _ in range(depth - 1))
-
-        def level(self, d, gates, cs):
-            i, f, g, o = gates.chunk(4, dim=-1)
-            h_in = torch.sigmoid(f) * cs[d]
-            x_in = torch.sigmoid(i) * (g if d == 0 else torch.tanh(g))
-            if d == self.depth - 1:
-                deeper = [h_in + x_in]
-            else:
-                deeper = self.level(d + 1, self.inner[d](torch.cat([x_in, h_in], dim=-1)), cs)
-            return [torch.sigmoid(o) * torch.tanh(deeper[0]), *deeper]
-
-        def forward(self, x):
-            B, T, _ = x.shape
-            xp = self.outer_x(x)  # input projection for all steps at once
-            h = x.new_zeros(B, self.H)
-            cs = [x.new_zeros(B, self.H) for _ in range(self.depth)]
-            hs = []
-            for t in range(T):
-                h, *cs = self.level(0, xp[:, t] + self.outer_h(h), cs)
-                hs.append(h)
-            return torch.stack(hs, dim=1), None
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embedding = nn.Embedding(N_SYMBOLS, cfg.embed_dim, padding_idx=0)
-            if cfg.cell == "nlstm":
-                self.rnn = NestedLSTM(cfg.embed_dim, cfg.units, cfg.depth)
-            else:
-                kind = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cfg.cell]
-                self.rnn = kind(cfg.embed_dim, cfg.units, cfg.layers, batch_first=True)
-            self.head = nn.Linear(cfg.units, cfg.n_outputs)
-
-        def loss(self, ids, targets):
-            x, _ = self.rnn(self.embedding(ids))
-            logits = self.head(x)
-            return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-    return Model()
+    return torch_cells.Model(cfg)
 
 
 def torch_runner(cfg, ids, targets):
     import torch
 
     torch.manual_seed(0)
-    model = torch_model(cfg, torch)
+    model = torch_model(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     ids_t, targets_t = torch.from_numpy(ids).long(), torch.from_numpy(targets).long()
 
