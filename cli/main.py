@@ -241,7 +241,7 @@ def quickstart(
 
     shutil.rmtree(out, ignore_errors=True)
     console.rule("1. train: tiny GRU on the built-in demo corpus")
-    config = TrainConfig(corpus="demo", steps=steps, batch_size=32, lr=3e-3, eval_every=200)
+    config = TrainConfig(corpus="demo", steps=steps, batch_size=32, lr=1e-2, eval_every=200)
     with training_progress(steps) as hook:
         run_training(load_preset("tiny"), config, out, progress=hook, echo=plain_lines())
     console.rule("2. evaluate on the held-out test split")
