@@ -42,11 +42,12 @@ def corpus() -> str:
 
 def measure(args) -> dict:
     """Run inside each rank (or alone): seconds per training step and per gradient all-reduce."""
+    from edge_rnn import distributed  # first: edge_rnn loads a fast BLAS before MLX starts
+
     import mlx.core as mx
     import mlx.optimizers as optim
     from mlx.utils import tree_flatten
 
-    from edge_rnn import distributed
     from edge_rnn.data import load_corpus, make_splits
     from edge_rnn.model import RNNModel, load_preset
     from edge_rnn.train import batch_at, make_step
