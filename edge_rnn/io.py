@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import struct
 import shutil
@@ -157,3 +158,15 @@ def check_safetensors(path: Path) -> None:
         complete = False
     if not complete:
         raise EdgeRNNError(f"could not write {path.name}: the file is incomplete (disk full?)")
+
+
+@contextmanager
+def quiet_logs(level: int = logging.WARNING) -> Iterator[None]:
+    """Silence the root logger up to ``level`` meanwhile: ONNX Runtime's converters and
+    quantizers log advice (pre-processing, shapes, optimizations) that users cannot act on."""
+    previous = logging.root.manager.disable
+    logging.disable(level)
+    try:
+        yield
+    finally:
+        logging.disable(previous)

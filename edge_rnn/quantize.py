@@ -52,9 +52,7 @@ targets count as misses.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -65,7 +63,7 @@ import numpy as np
 
 from edge_rnn.data import Dataset, demo_corpus, encode_autocomplete, encode_charlm, load_corpus
 from edge_rnn.export.bundle import MANIFEST, VOCAB, read_manifest, write_manifest
-from edge_rnn.io import EdgeRNNError, atomic_dir
+from edge_rnn.io import EdgeRNNError, atomic_dir, quiet_logs
 from edge_rnn.vocab import PAD, UNK, Vocab
 
 TARGETS = ("int8", "int4", "fp16")
@@ -251,7 +249,7 @@ def _onnx_int8(model):
     """int8: ONNX Runtime's dynamic quantization, per output channel; native RNN ops weight-only."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet(), tempfile.TemporaryDirectory() as work:
+    with quiet_logs(), tempfile.TemporaryDirectory() as work:
         out = Path(work) / "int8.onnx"
         quantize_dynamic(gemm_as_matmul(model), out, per_channel=True, reduce_range=True,
                          weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
@@ -266,7 +264,7 @@ def _onnx_int4(model):
     """int4: ``MatMulNBits`` (symmetric blocks of 32); native RNN ops weight-only int8."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    with _quiet():
+    with quiet_logs():
         quantizer = MatMulNBitsQuantizer(gemm_as_matmul(model), bits=4, block_size=BLOCK, is_symmetric=True,
                                          accuracy_level=4, op_types_to_quantize=("MatMul",))
         quantizer.process()
@@ -378,17 +376,6 @@ ONNX_METHODS: dict[str, tuple[Callable, dict]] = {
 }
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """ONNX Runtime's quantizers log advice (pre-processing, shapes) on the root logger."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-
-
 # ---- Core ML -------------------------------------------------------------------------------------
 
 def quantize_coreml(source: Source, to: str, tmp: Path) -> dict:
@@ -400,7 +387,7 @@ def quantize_coreml(source: Source, to: str, tmp: Path) -> dict:
     export = source.manifest["export"]
     ios18 = export.get("minimum_deployment_target") == "iOS18"
     mlmodel = _load_mlmodel(source.path / MODEL_FILE)
-    with _quiet():
+    with quiet_logs():
         compressed, method = COREML_METHODS[to](mlmodel, ios18)
     compressed.user_defined_metadata["weights"] = to
     compressed.save(str(tmp / MODEL_FILE))

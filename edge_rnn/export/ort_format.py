@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_rnn.io import EdgeRNNError
+from edge_rnn.io import EdgeRNNError, quiet_logs
 
 CONFIG_FILE = "required_operators.config"
 CHECK_TEXT = " the quick brown fox jumps over the lazy dog and then some more words"
@@ -48,7 +48,7 @@ def write_ort_format(bundle_dir: Path, graphs: list[str], n_outputs: int) -> dic
         for name in graphs:  # only the graphs (the converter takes every .onnx under a folder)
             (src / name).symlink_to((bundle_dir / name).resolve())
         _link_external_data(bundle_dir, src)
-        with contextlib.redirect_stdout(io.StringIO()) as log, _quiet():
+        with contextlib.redirect_stdout(io.StringIO()) as log, quiet_logs(logging.INFO):
             try:
                 convert_onnx_models_to_ort(src, output_dir=out, optimization_styles=[OptimizationStyle.Fixed])
             except Exception as err:  # the converter raises bare RuntimeErrors
@@ -72,16 +72,6 @@ def _link_external_data(bundle_dir: Path, src: Path) -> None:
     """The graphs name their weights file by a relative path: link it beside them too."""
     for path in bundle_dir.glob("*.bin"):
         (src / path.name).symlink_to(path.resolve())
-
-
-@contextlib.contextmanager
-def _quiet():
-    previous = logging.root.manager.disable
-    logging.disable(logging.INFO)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
 
 
 def check_ort(onnx_path: Path, ort_path: Path, n_outputs: int) -> dict:
