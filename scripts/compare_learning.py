@@ -40,6 +40,7 @@ from edge_rnn.bench import CORPUS_DIR  # noqa: E402
 from edge_rnn.data import make_splits, normalise  # noqa: E402
 from edge_rnn.evaluate import evaluate  # noqa: E402
 from edge_rnn.model import ModelConfig, RNNModel  # noqa: E402
+from edge_rnn.schedule import learning_rate  # noqa: E402
 from edge_rnn.vocab import PAD, UNK  # noqa: E402
 
 CELLS = ("rnn", "gru", "lstm", "cifg", "nlstm")
@@ -126,8 +127,11 @@ class EdgeTrainer:
         self.optimizer.init(self.model.trainable_parameters())
         mx.eval(self.model.parameters(), self.optimizer.state)
         self.step_fn = training.make_step(self.model, self.optimizer, self.config.clip)
+        self.steps = 0
 
     def step(self, ids: np.ndarray, targets: np.ndarray) -> float:
+        self.steps += 1  # the schedule's rate for this update, set as `edge-rnn train` sets it
+        self.optimizer.learning_rate = learning_rate(self.config, self.steps)
         loss, _, _ = self.step_fn(mx.array(ids), mx.array(targets))
         mx.eval(loss, self.model.parameters(), self.optimizer.state)
         return float(loss)
@@ -142,7 +146,6 @@ class TorchTrainer:
     def __init__(self, cfg: ModelConfig, config: training.TrainConfig):
         import torch
         import torch_cells
-        from edge_rnn.schedule import learning_rate
 
         self.torch = torch
         torch.manual_seed(config.seed)
@@ -255,6 +258,7 @@ def main(argv=None) -> None:
     p.add_argument("--layers", nargs="+", type=int, default=[1, 2])
     p.add_argument("--units", type=int, default=128)
     p.add_argument("--embed", type=int, default=64)
+    p.add_argument("--head-dim", type=int, default=0, help="bottleneck before the head (edge_rnn only; 0: none)")
     p.add_argument("--vocab", type=int, default=2000, help="output words")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -293,7 +297,7 @@ def main(argv=None) -> None:
     for cell in args.cells:
         for layers in args.layers:
             cfg = ModelConfig(cell=cell, layers=layers, units=args.units, embed_dim=args.embed,
-                              vocab_size=len(splits.vocab) - 2)
+                              vocab_size=len(splits.vocab) - 2, head_dim=args.head_dim)
             print(f"# {cell} {layers}x{args.units}", flush=True)
             runs = []
             for variant in args.variants:
