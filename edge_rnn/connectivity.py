@@ -89,7 +89,7 @@ def connectivity(model: RNNModel, ids: np.ndarray, targets: np.ndarray,
     def picked_logits(x: mx.array) -> mx.array:
         for cell in model.layers:
             x, _ = cell(x)
-        logits = model.head(x[rows, cols])  # only the K outputs that are differentiated
+        logits = model.output(x[rows, cols])  # only the K outputs that are differentiated
         return mx.take_along_axis(logits, chosen[:, None], axis=-1).sum()
 
     grad_x = mx.grad(picked_logits)(x)  # (K, T, E)

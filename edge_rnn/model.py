@@ -41,6 +41,7 @@ class ModelConfig:
     embed_dim: int = 64
     vocab_size: int = 10_000  # output words, not counting <pad> and <unk>
     task: str = "autocomplete"
+    head_dim: int = 0  # > 0: a bias-free projection to this width before the head (0: none)
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -50,6 +51,8 @@ class ModelConfig:
         for name in ("layers", "units", "embed_dim", "vocab_size"):
             if getattr(self, name) < 1:
                 raise EdgeRNNError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.head_dim < 0:
+            raise EdgeRNNError(f"head_dim must be >= 0 (0: no bottleneck), got {self.head_dim}")
         if self.cell == "nlstm" and self.depth < 2:
             raise EdgeRNNError(f"Nested LSTM depth must be >= 2, got {self.depth}")
 
@@ -83,7 +86,15 @@ class RNNModel(nn.Module):
         self.embedding = mx.random.normal((N_SYMBOLS - 1, E))
         self.layers = [make_cell(config.cell, E if k == 0 else H, H, config.depth)
                        for k in range(config.layers)]
-        self.head = nn.Linear(H, config.n_outputs)
+        # The head is most of a step's arithmetic (10k words x 256 units against ~0.6M MACs for a
+        # 2x256 GRU); a bottleneck (Gboard's 96-wide projection) makes it H*D + D*V instead of H*V
+        if config.head_dim:
+            self.bottleneck = nn.Linear(H, config.head_dim, bias=False)
+        self.head = nn.Linear(config.head_dim or H, config.n_outputs)
+
+    def output(self, h: mx.array) -> mx.array:
+        """Logits from the last layer's output ``h`` (..., H)."""
+        return self.head(self.bottleneck(h) if self.config.head_dim else h)
 
     def embed(self, ids: mx.array) -> mx.array:
         table = mx.concatenate([mx.zeros((1, self.config.embed_dim)), self.embedding])
@@ -100,7 +111,7 @@ class RNNModel(nn.Module):
         for cell, s in zip(self.layers, state):
             x, s = cell(x, s)
             new_state.append(s)
-        return self.head(x), new_state
+        return self.output(x), new_state
 
     def step(self, ids: mx.array, state: list[State]) -> tuple[mx.array, list[State]]:
         """One character per batch row, ``ids`` (B,) -> logits (B, n_outputs): one keystroke."""
@@ -109,7 +120,7 @@ class RNNModel(nn.Module):
         for cell, s in zip(self.layers, state):
             x, s = cell.step(x, s)
             new_state.append(s)
-        return self.head(x), new_state
+        return self.output(x), new_state
 
     def loss_weights(self, targets: mx.array) -> mx.array:
         """Which targets carry loss: never <pad>; for autocomplete not <unk> either (the article's)."""
@@ -138,6 +149,19 @@ class RNNModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(v.size for _, v in tree_flatten(self.parameters()))
+
+
+def dense_parameters(model: RNNModel) -> dict[str, mx.array]:
+    """The parameters as exporters use them: a bottleneck folded into one ``(V, H)`` head weight.
+
+    ``head.weight @ bottleneck.weight`` gives the same logits (up to float rounding) with the layout
+    of a model without a bottleneck, so every exporter and reference handles both unchanged; a
+    bundle then pays the full ``V x H`` head per keystroke, as an unfactored model does.
+    """
+    params = dict(tree_flatten(model.parameters()))
+    if model.config.head_dim:
+        params["head.weight"] = params["head.weight"] @ params.pop("bottleneck.weight")
+    return params
 
 
 def save(model: RNNModel, run_dir: Path, vocab: Vocab | None = None) -> None:

@@ -144,6 +144,9 @@ def top_k_stable(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> n
     return positions[np.lexsort((tie, -scores[positions]))[:k]]
 
 
+_CHAR_INPUT = [np.array([k], np.int32) for k in range(len(SYMBOLS))]  # the ``char`` feed of each symbol
+
+
 def _labels(task: str, words: list[str]) -> list[str]:
     return words if task == "autocomplete" else SYMBOLS
 
@@ -213,7 +216,11 @@ class ONNXBackend:
         # a keyboard has one core to spare
         self.options.intra_op_num_threads, self.options.inter_op_num_threads = threads, 1
         self.session = self._load(manifest["export"]["model"])
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        outputs = {o.name for o in self.session.get_outputs()}
+        self._has_log_probs = "log_probs" in outputs
+        # fixed fetch order, so a keystroke unpacks a list instead of building a dict
+        self._fetch = ["top_ids", "top_probs", "log_probs" if self._has_log_probs else "top_probs",
+                       *(f"{name}_next" for name in self.state_names)]
         self._prefill = None  # loaded on first use: most sessions never need it
 
     def _load(self, file: str):
@@ -236,7 +243,8 @@ class ONNXBackend:
         return np.array(prefix_range(self.sorted_words, prefix), np.int32)
 
     def step(self, char_id: int, state: list[np.ndarray], prefix: str = "") -> tuple[StepOutput, list[np.ndarray]]:
-        feed = {"char": np.array([char_id], np.int32), **dict(zip(self.state_names, state))}
+        feed = dict(zip(self.state_names, state))
+        feed["char"] = _CHAR_INPUT[char_id]
         return self._run(self.session, feed, prefix)
 
     def prefill(self, char_ids: list[int], state: list[np.ndarray], prefix: str = "") -> tuple[StepOutput, list[np.ndarray]]:
@@ -252,10 +260,8 @@ class ONNXBackend:
     def _run(self, session, feed: dict, prefix: str) -> tuple[StepOutput, list[np.ndarray]]:
         if self.prefix_head:
             feed["range"] = self.range(prefix)
-        out = dict(zip(self.output_names, session.run(self.output_names, feed)))
-        log_probs = out["log_probs"][0] if "log_probs" in out else None
-        new_state = [out[f"{name}_next"] for name in self.state_names]
-        return StepOutput(out["top_ids"][0], out["top_probs"][0], log_probs), new_state
+        top_ids, top_probs, log_probs, *new_state = session.run(self._fetch, feed)
+        return StepOutput(top_ids[0], top_probs[0], log_probs[0] if self._has_log_probs else None), new_state
 
 
 class Snapshot(NamedTuple):

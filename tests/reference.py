@@ -112,4 +112,6 @@ def model_logits(cfg, params: dict, ids: np.ndarray):
         n_states = {"rnn": 1, "gru": 1, "lstm": 2, "cifg": 2, "nlstm": 1 + cfg.depth}[cfg.cell]
         state = tuple(np.zeros((ids.shape[0], cfg.units)) for _ in range(n_states))
         x, _ = run_sequence(cfg.cell, p, x, state)
+    if getattr(cfg, "head_dim", 0):  # the bottleneck projection, no bias
+        x = x @ params["bottleneck.weight"].T
     return x @ params["head.weight"].T + params["head.bias"]

@@ -102,6 +102,18 @@ def test_step_graph_streams_like_mlx(exported, cell, depth, layers, impl):
         np.testing.assert_allclose(g, w, atol=1e-5)
 
 
+def test_bottleneck_model_exports_folded(tmp_path):
+    """A head_dim model exports as one (V, H) head: the step graph streams like MLX."""
+    mx.random.seed(1)
+    model = RNNModel(ModelConfig(cell="gru", layers=2, units=H, embed_dim=E, vocab_size=V, head_dim=5))
+    export_onnx(model, tmp_path, top_k=K, with_log_probs=True)
+    want_log_probs, want_state = mlx_stream(model, IDS)
+    got, got_state = ort_stream(session(tmp_path / "model.onnx"), model.config, IDS)
+    np.testing.assert_allclose(got["log_probs"], want_log_probs, atol=1e-5, rtol=1e-5)
+    for g, w in zip(got_state, want_state):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+
+
 def test_step_graph_matches_numpy_reference(tmp_path):
     """Independent of MLX: the plain-NumPy equations of tests/reference.py, two LSTM layers."""
     model = random_model("lstm", layers=2, seed=3)

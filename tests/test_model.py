@@ -7,7 +7,7 @@ from mlx.utils import tree_flatten, tree_map
 
 import reference as ref
 from edge_rnn.io import EdgeRNNError
-from edge_rnn.model import ModelConfig, RNNModel, load, load_preset, preset_names, save
+from edge_rnn.model import ModelConfig, RNNModel, dense_parameters, load, load_preset, preset_names, save
 from edge_rnn.vocab import Vocab
 
 
@@ -29,6 +29,23 @@ def test_model_matches_numpy_reference(cell):
     params = {k: np.array(v, dtype=np.float64) for k, v in tree_flatten(model.parameters())}
     logits, _ = model(mx.array(IDS))
     np.testing.assert_allclose(np.array(logits), ref.model_logits(model.config, params, IDS), atol=1e-5, rtol=1e-5)
+
+
+def test_bottleneck_head_matches_reference_and_folds_for_export(tmp_path):
+    """head_dim: logits = (h P^T) W^T + b against NumPy; folded into one (V, H) head for exporters;
+    H*D + D*V head weights instead of H*V; the config and weights survive a run dir."""
+    model = random_model(cell="gru", units=8, head_dim=3)
+    params = {k: np.array(v, dtype=np.float64) for k, v in tree_flatten(model.parameters())}
+    logits, _ = model(mx.array(IDS))
+    np.testing.assert_allclose(np.array(logits), ref.model_logits(model.config, params, IDS), atol=1e-5, rtol=1e-5)
+    dense = {k: np.array(v, dtype=np.float64) for k, v in dense_parameters(model).items()}
+    assert "bottleneck.weight" not in dense and dense["head.weight"].shape == (13, 8)
+    plain = ModelConfig(**{**model.config.__dict__, "head_dim": 0})
+    np.testing.assert_allclose(ref.model_logits(plain, dense, IDS), np.array(logits), atol=1e-5, rtol=1e-5)
+    assert model.num_parameters() - random_model(cell="gru", units=8).num_parameters() == 8 * 3 + 3 * 13 - 8 * 13
+    save(model, tmp_path, Vocab.from_counts([f"w{k}" for k in range(11)]))
+    loaded, _ = load(tmp_path)
+    np.testing.assert_array_equal(np.array(loaded(mx.array(IDS))[0]), np.array(logits))
 
 
 def test_pad_embeds_to_zero_and_step_matches_sequence():

@@ -62,9 +62,9 @@ Params = dict[str, np.ndarray]
 
 def _numpy_params(model: RNNModel) -> Params:
     """Every parameter as float32 NumPy, keyed like ``tree_flatten`` (``layers.0.Wx``, ``head.weight``)."""
-    from mlx.utils import tree_flatten
+    from edge_rnn.model import dense_parameters
 
-    return {k: np.array(v, dtype=np.float32) for k, v in tree_flatten(model.parameters())}
+    return {k: np.array(v, dtype=np.float32) for k, v in dense_parameters(model).items()}
 
 
 def _layer_params(params: Params, layer: int) -> Params:

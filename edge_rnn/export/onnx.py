@@ -67,13 +67,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
-from mlx.utils import tree_flatten
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_rnn import __version__
 from edge_rnn.export.bundle import FORMAT_VERSION, RANGE_INPUT, prefix_order, state_names
 from edge_rnn.io import EdgeRNNError, atomic_path
-from edge_rnn.model import RNNModel
+from edge_rnn.model import RNNModel, dense_parameters
 
 OPSET = 18  # for Split(num_outputs=...); ONNX Runtime 1.14+ (native and web)
 IR_VERSION = 8  # the lowest IR that carries opset 18: readable by older runtimes
@@ -313,7 +312,7 @@ def native_step(g: Graph, w: Weights, cell: str, x: str, state: list[str]) -> tu
 
 def model_arrays(model: RNNModel) -> dict[str, np.ndarray]:
     """Every parameter as float64 NumPy (derived tables are computed in float64, stored float32)."""
-    return {k: np.array(v, dtype=np.float64) for k, v in tree_flatten(model.parameters())}
+    return {k: np.array(v, dtype=np.float64) for k, v in dense_parameters(model).items()}
 
 
 def layer_arrays(params: dict[str, np.ndarray], layer: int, cell: str) -> dict[str, np.ndarray]:
