@@ -170,6 +170,19 @@ def test_fp32_io_matches_mlx_step(case, exported):
     np.testing.assert_allclose(got["states"], states, atol=FP32_TOL, rtol=0)
 
 
+def test_bottleneck_head_exports_folded(tmp_path):
+    """A head_dim model: the saved package (one folded head) streams like MLX in the evaluator."""
+    mx.random.seed(2)
+    model = RNNModel(ModelConfig(cell="gru", layers=1, units=H, embed_dim=8, vocab_size=50, head_dim=4))
+    export_coreml(model, tmp_path, top_k=TOP_K, state="io", precision="fp32", with_log_probs=True)
+    state, probs = model.initial_state(1), []
+    for c in IDS:
+        logits, state = model.step(mx.array([int(c)]), state)
+        probs.append(np.array(mx.softmax(logits, axis=-1))[0])
+    got = coreml_stream(MILProgram.load(tmp_path / MODEL_FILE), state_names(model.config), "io")
+    np.testing.assert_allclose(got["probs"], np.array(probs, np.float64), atol=FP32_TOL, rtol=0)
+
+
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_fp32_mlstate_matches_mlx_within_fp16_state_rounding(case, exported):
     """fp32 compute, fp16 state buffers: the only deviation is rounding the stored state."""
