@@ -262,8 +262,10 @@ class ProgressLog:
     ``every`` seconds and at each validation, and to ``echo`` too (the CLI passes ``print`` when
     stdout is not a terminal: nohup, CI, a cluster job)."""
 
-    def __init__(self, run_dir: Path, start: int, total: int, every: float, echo: Callable[[str], None] | None):
+    def __init__(self, run_dir: Path, start: int, total: int, every: float, echo: Callable[[str], None] | None,
+                 minutes: float | None = None):
         self.path, self.start, self.total, self.every, self.echo = run_dir / LOG, start, total, every, echo
+        self.budget_s = 60.0 * minutes if minutes else None  # a --minutes run ends at its budget
         self.t0 = self.last = time.perf_counter()
 
     def write(self, line: str) -> None:
@@ -279,9 +281,11 @@ class ProgressLog:
             return
         self.last = now
         per_step = (now - self.t0) / max(step - self.start, 1)
+        eta = per_step * (self.total - step)
+        if self.budget_s is not None:
+            eta = min(eta, max(self.budget_s - (now - self.t0), 0.0))
         self.write(f"step {step}/{self.total}  loss {stats['loss']:.4f}  acc {stats['acc']:.1%}  "
-                   f"{stats['chars_per_s']:,.0f} chars/s  elapsed {_hms(now - self.t0)}  "
-                   f"eta {_hms(per_step * (self.total - step))}")
+                   f"{stats['chars_per_s']:,.0f} chars/s  elapsed {_hms(now - self.t0)}  eta {_hms(eta)}")
 
     def valid(self, step: int, valid: dict) -> None:
         extra = f"bpc {valid['bpc']:.3f}" if "bpc" in valid else f"top-3 {valid['top3']:.1%}"
@@ -368,7 +372,8 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
 def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks, rows, progress, echo) -> dict:
     """Steps, validation and checkpoints (rank 0 writes) until the steps or the minutes run out."""
     started = time.perf_counter()
-    log = ProgressLog(run_dir, start, config.steps, config.log_seconds, echo) if ranks.main else None
+    log = (ProgressLog(run_dir, start, config.steps, config.log_seconds, echo, config.minutes)
+           if ranks.main else None)
     if log:
         log.write(f"{'resuming from step ' + str(start) if start else 'starting'}: {config.steps} steps, "
                   f"{len(splits.train):,} training sequences"

@@ -99,3 +99,13 @@ def test_charlm_task_reports_bits_per_character(tmp_path, corpus):
     final = train(cfg, TrainConfig(corpus=corpus, steps=2, batch_size=4, eval_every=2), tmp_path / "lm")
     assert final["bpc"] == pytest.approx(final["ce"] / math.log(2))
     assert 2.0 < final["bpc"] < 5.0  # near log2(27) = 4.75 after two steps; not garbage
+
+
+def test_progress_eta_of_a_timed_run_is_its_time_left(tmp_path):
+    """--minutes with a huge --steps: the eta is the budget left, not steps x seconds per step."""
+    from edge_rnn.train import LOG, ProgressLog
+
+    log = ProgressLog(tmp_path, start=0, total=10**9, every=0.0, echo=None, minutes=2.0)
+    log.step(1, {"loss": 1.0, "acc": 0.5, "chars_per_s": 100.0})
+    eta = (tmp_path / LOG).read_text().split("eta ")[-1].strip()
+    assert eta in ("0:02:00", "0:01:59"), eta
