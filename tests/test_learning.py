@@ -50,3 +50,21 @@ def test_two_layer_stack_reaches_a_loss_the_old_initialisation_does_not(splits):
     new, old = valid_ce(splits, old=False), valid_ce(splits, old=True)
     assert new < 1.8, (new, old)
     assert old > new + 1.0, (new, old)
+
+
+def test_compare_learning_trains_edge_rnn_on_the_schedule(splits):
+    """scripts/compare_learning.py once left edge-rnn at the first warm-up rate (lr/11) for the
+    whole run while PyTorch followed the schedule: the edge-rnn side must set the rate per update."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import compare_learning
+
+    cfg = ModelConfig(cell="gru", layers=1, units=16, embed_dim=8, vocab_size=len(splits.vocab) - 2)
+    config = TrainConfig(steps=40, batch_size=4, lr=1e-2, schedule="cosine", warmup=2)
+    trainer = compare_learning.EdgeTrainer(cfg, config, "default")
+    for step in range(1, 6):
+        ids, targets = batch_at(splits.train, step - 1, 4, 0, config.max_len)
+        trainer.step(ids, targets)
+        assert float(trainer.optimizer.learning_rate) == pytest.approx(schedule.learning_rate(config, step), rel=1e-6)
