@@ -61,7 +61,7 @@ RESTARTS = ("observation", "continuous")
 STACK_DEPTH = 64  # keystrokes a backspace can take back without a rebuild
 MAX_CHARS = 200  # the longest observation training saw (edge_rnn.data)
 WORD_ROOM = 16  # characters kept free for the next word when deciding to restart
-CONTEXT_CHARS = 100  # trailing whole words carried into a restarted observation
+CONTEXT_CHARS = 30  # trailing whole words carried into a restarted observation (README: measured)
 
 
 def normalise(text: str) -> str:

@@ -22,7 +22,7 @@ export const RESTARTS = ["observation", "continuous"];
 export const STACK_DEPTH = 64; // keystrokes a backspace can take back without a rebuild
 export const MAX_CHARS = 200; // the longest observation training saw
 export const WORD_ROOM = 16; // characters kept free for the next word when deciding to restart
-export const CONTEXT_CHARS = 100; // trailing whole words carried into a restarted observation
+export const CONTEXT_CHARS = 30; // trailing whole words carried into a restarted observation (README: measured)
 export const FORMAT_VERSION = 1; // the bundle format this runtime reads (edge_rnn.export.bundle)
 
 export class EdgeRNNError extends Error {}
