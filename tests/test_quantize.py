@@ -26,7 +26,8 @@ from edge_rnn.export.coreml import MODEL_FILE
 from edge_rnn.export.mil_eval import MILProgram
 from edge_rnn.io import EdgeRNNError
 from edge_rnn.model import QUANTIZATION, WEIGHTS, ModelConfig, RNNModel, load, save
-from edge_rnn.quantize import default_out, gemm_as_matmul, quantize
+from edge_rnn.export.onnx_quantize import gemm_as_matmul
+from edge_rnn.quantize import default_out, quantize
 from edge_rnn.runtime import open_session
 from edge_rnn.vocab import Vocab
 
