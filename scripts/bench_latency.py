@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import torch_cells  # the equations of CIFG and the Nested LSTM, shared with bench_train/compare_learning
+import torch_cells  # the PyTorch model (CIFG, Nested LSTM hand-written), shared with bench_train/compare_learning
 
 from edge_rnn.bench import CORPUS_DIR, keystrokes, memory_bandwidth, onnx_step_bytes, mlx_step_bytes
 from edge_rnn.data import demo_corpus, normalise
@@ -106,104 +106,30 @@ def torch_step_module(model, top_k: int = TOP_K) -> nn.Module:
     return TorchStep(model.config, p, top_k).eval()
 
 
-def _linear(W: torch.Tensor, b: torch.Tensor | None = None) -> nn.Linear:
-    """``x @ W (+ b)`` as ``nn.Linear`` (which stores ``W^T``)."""
-    lin = nn.Linear(W.shape[0], W.shape[1], bias=b is not None)
-    with torch.no_grad():
-        lin.weight.copy_(W.T)
-        if b is not None:
-            lin.bias.copy_(b)
-    return lin
-
-
 class TorchStep(nn.Module):
-    """Embedding (row 0 = <pad> = zeros) -> recurrent stack -> Linear -> softmax -> top-k."""
+    """``scripts/torch_cells.Model`` holding our weights, run one keystroke at a time:
+    embedding (row 0 = <pad> = zeros) -> ``Recurrent.step`` -> Linear -> softmax -> top-k."""
 
     def __init__(self, cfg, p: dict, top_k: int):
         super().__init__()
         self.top_k = top_k
-        self.embed = nn.Embedding(28, cfg.embed_dim)
+        self.model = torch_cells.Model(cfg)
         with torch.no_grad():
-            self.embed.weight.copy_(torch.cat([torch.zeros(1, cfg.embed_dim), p["embedding"]]))
-        self.rnn = TorchBuiltin(cfg, p) if cfg.cell in ("gru", "lstm", "rnn") else TorchHandwritten(cfg, p)
-        self.head = _linear(p["head.weight"].T, p["head.bias"])
+            self.model.embedding.weight.copy_(torch.cat([torch.zeros(1, cfg.embed_dim), p["embedding"]]))
+            self.model.head.weight.copy_(p["head.weight"])
+            self.model.head.bias.copy_(p["head.bias"])
+        torch_cells.load_edge_weights(self.model.rnn, cfg, p)
 
     def forward(self, char, *state):
-        h, new_state = self.rnn(self.embed(char), state)
-        top_probs, top_ids = torch.topk(torch.softmax(self.head(h), dim=-1), self.top_k, dim=-1)
+        h, new_state = self.model.rnn.step(self.model.embedding(char), state)
+        top_probs, top_ids = torch.topk(torch.softmax(self.model.head(h), dim=-1), self.top_k, dim=-1)
         return (top_ids.to(torch.int32), top_probs, *new_state)
-
-
-class TorchBuiltin(nn.Module):
-    """``nn.GRU``/``nn.LSTM``/``nn.RNN`` with our weights. Same gate orders (GRU r,z,n; LSTM
-    i,f,g,o); PyTorch splits the bias into ``b_ih`` (ours ``b``) and ``b_hh``, zero except the
-    GRU's ``b_hn``, which is our ``bhn`` (inside the reset product in both)."""
-
-    def __init__(self, cfg, p: dict):
-        super().__init__()
-        kind = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cfg.cell]
-        self.lstm, self.rnn = cfg.cell == "lstm", kind(cfg.embed_dim, cfg.units, num_layers=cfg.layers)
-        H = cfg.units
-        with torch.no_grad():
-            for k in range(cfg.layers):
-                Wx, Wh, b = (p[f"layers.{k}.{n}"] for n in ("Wx", "Wh", "b"))
-                getattr(self.rnn, f"weight_ih_l{k}").copy_(Wx.T)
-                getattr(self.rnn, f"weight_hh_l{k}").copy_(Wh.T)
-                getattr(self.rnn, f"bias_ih_l{k}").copy_(b)
-                bh = torch.zeros_like(b)
-                if cfg.cell == "gru":
-                    bh[2 * H:] = p[f"layers.{k}.bhn"]
-                getattr(self.rnn, f"bias_hh_l{k}").copy_(bh)
-
-    def forward(self, x, state):
-        y, new = self.rnn(x[None], tuple(state) if self.lstm else state[0])
-        return y[0], (tuple(new) if self.lstm else (new,))
-
-
-class TorchHandwritten(nn.Module):
-    """CIFG and the Nested LSTM, which PyTorch does not have, from ``nn.Linear`` holding our weights
-    and the equations of ``scripts/torch_cells.py`` (the names are ``edge_rnn.cells``')."""
-
-    def __init__(self, cfg, p: dict):
-        super().__init__()
-        self.cell, self.depth = cfg.cell, cfg.depth
-        self.x2h = nn.ModuleList([_linear(p[f"layers.{k}.Wx"], p[f"layers.{k}.b"]) for k in range(cfg.layers)])
-        self.h2h = nn.ModuleList([_linear(p[f"layers.{k}.Wh"]) for k in range(cfg.layers)])
-        levels = range(cfg.depth - 1) if cfg.cell == "nlstm" else range(0)
-        self.inner = nn.ModuleList([nn.ModuleList([
-            nn.ModuleList([_linear(p[f"layers.{k}.inner.{d}.Wx"], p[f"layers.{k}.inner.{d}.b"]),
-                           _linear(p[f"layers.{k}.inner.{d}.Wh"])]) for d in levels]) for k in range(cfg.layers)])
-        self.per_layer = 2 if cfg.cell == "cifg" else 1 + cfg.depth
-
-    def forward(self, x, state):
-        new = []
-        for k in range(len(self.x2h)):
-            h, *cs = state[k * self.per_layer : (k + 1) * self.per_layer]
-            gates = self.x2h[k](x) + self.h2h[k](h)
-            x, out = self.cifg(gates, cs[0]) if self.cell == "cifg" else self.nlstm(k, gates, cs)
-            new += out
-        return x, tuple(new)
-
-    @staticmethod
-    def cifg(gates, c):
-        h, c = torch_cells.cifg_update(gates, c)
-        return h, [h, c]
-
-    def nlstm(self, k, gates, cs):
-        h, *cs = torch_cells.nlstm_level(self.inner[k], 0, gates, cs)
-        return h, [h, *cs]
 
 
 def torch_state_shapes(cfg) -> list[tuple[int, ...]]:
     """The baseline's state tensors: ``[layers, 1, H]`` for nn.GRU/RNN (h) and nn.LSTM (h, c);
-    ``[1, H]`` per tensor per layer for the hand-written cells."""
-    H, L = cfg.units, cfg.layers
-    if cfg.cell in ("gru", "rnn"):
-        return [(L, 1, H)]
-    if cfg.cell == "lstm":
-        return [(L, 1, H), (L, 1, H)]
-    per = 2 if cfg.cell == "cifg" else 1 + cfg.depth
-    return [(1, H)] * (L * per)
+    ``[1, H]`` per tensor per layer for the hand-written cells (``torch_cells.Recurrent.step``)."""
+    return torch_cells.Recurrent(cfg).state_shapes(cfg.layers, cfg.units)
 
 
 def export_torch_step(model, path: Path) -> str:
