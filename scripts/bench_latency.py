@@ -162,7 +162,7 @@ class PlainONNXBackend:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.labels, self.task, self.shapes = labels, "autocomplete", shapes
+        self.labels, self.task, self.shapes, self.prefix_head = labels, "autocomplete", shapes, False
         self.names = [i.name for i in self.session.get_inputs()][1:]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -173,6 +173,12 @@ class PlainONNXBackend:
         feed = {"char": np.array([char_id], np.int64), **dict(zip(self.names, state))}
         out = dict(zip(self.output_names, self.session.run(None, feed)))
         return StepOutput(out["top_ids"][0], out["top_probs"][0], None), [out[f"{n}_next"] for n in self.names]
+
+    def prefill(self, char_ids: list[int], state: list[np.ndarray], prefix: str = "") -> tuple[StepOutput, Any]:
+        """No sequence graph: one step per symbol (the benchmark's sessions never restart)."""
+        for c in char_ids:
+            out, state = self.step(c, state)
+        return out, state
 
 
 # ---- variants and timing ---------------------------------------------------------------------------
@@ -218,6 +224,12 @@ def onnx_variant(cell: str, bundle: Path, precision: str, threads: int) -> Varia
 CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
 
 
+def _session(backend) -> Session:
+    """A session that never restarts (``restart="continuous"``): every timed keystroke is one step
+    of the graph, not now and then a prefill of the restarted observation's context."""
+    return Session(backend, restart="continuous")
+
+
 def time_block(session: Session, warm: list[int], ids: list[int], reads: list[float],
                read: Callable[[str], int], clock: Callable[[], float]) -> np.ndarray:
     """Reset, type ``warm`` untimed, then time each keystroke of ``ids`` (seconds)."""
@@ -237,7 +249,7 @@ def interleave(variants: list[Variant], ids: list[int], rounds: int, block: int,
                clock: Callable[[], float]) -> None:
     """Rounds of one block per variant, the order rotated each round (module docstring). MLX is
     always timed by the wall clock: it computes on its own threads."""
-    sessions = [Session(v.make()) for v in variants]
+    sessions = [_session(v.make()) for v in variants]
     for r in range(rounds):
         start = warm + r * block
         segment, warm_ids = ids[start : start + block], ids[start - warm : start]
@@ -320,7 +332,7 @@ def cell_variants(cell: str, words: list[str], root: Path, ids: list[int], args)
     variants = [onnx_variant(cell, full, "fp32", args.threads), onnx_variant(cell, prefix, "fp32", args.threads)]
     check_ids = args.check_ids = ids[: args.check]
     variants[0].agreement = 1.0
-    exact, tied = suggestion_agreement(Session(ONNXBackend(ref)), Session(ONNXBackend(prefix)), check_ids)
+    exact, tied = suggestion_agreement(_session(ONNXBackend(ref)), _session(ONNXBackend(prefix)), check_ids)
     print(f"  prefix head = full head + prefix filter on {exact:.1%} of {len(check_ids)} keystrokes, "
           f"{tied:.1%} up to exact float32 ties in the full head's log-probs")
     variants[1].agreement = tied
@@ -329,10 +341,10 @@ def cell_variants(cell: str, words: list[str], root: Path, ids: list[int], args)
     if not args.no_mlx:
         variants.append(mlx_variant(cell, root / "run", len(words) + 2))
     variants.append(baseline_variant(cell, model, root, full, words, check_ids, args.threads))
-    reference = Session(ONNXBackend(full))
+    reference = _session(ONNXBackend(full))
     for v in variants:
         if v.agreement is None:
-            v.agreement = top1_agreement(reference, Session(v.make()), check_ids)
+            v.agreement = top1_agreement(reference, _session(v.make()), check_ids)
     return variants
 
 
@@ -359,7 +371,7 @@ def quantized_variants(cell: str, full: Path, prefix: Path, to: str, root: Path,
         if name == "full":
             v.agreement = check.get("top1_agreement")
         else:  # same alphabetical ids as the fp32 prefix bundle: compare the suggestions' top-1
-            v.agreement = top1_agreement(Session(ONNXBackend(prefix)), Session(ONNXBackend(bundle)),
+            v.agreement = top1_agreement(_session(ONNXBackend(prefix)), _session(ONNXBackend(bundle)),
                                          args.check_ids)
         out.append(v)
     return out
@@ -393,7 +405,7 @@ def baseline_variant(cell: str, model, root: Path, full: Path, words, check_ids,
     def make():
         return PlainONNXBackend(path, labels, shapes, threads)
 
-    worst = check_baseline(Session(ONNXBackend(full)), Session(make()), check_ids)
+    worst = check_baseline(_session(ONNXBackend(full)), _session(make()), check_ids)
     print(f"  baseline ({exporter} exporter) matches ours: max |dp| {worst:.1e} over {len(check_ids)} keystrokes")
     step_bytes = onnx_step_bytes(path, False)
     return Variant(f"edge-{cell}", "PyTorch->ONNX", "fp32", "full", make, path.stat().st_size,
