@@ -56,7 +56,7 @@ import torch_cells  # the PyTorch model (CIFG, Nested LSTM hand-written), shared
 
 from edge_rnn.bench import CORPUS_DIR, keystrokes, memory_bandwidth, onnx_step_bytes, mlx_step_bytes
 from edge_rnn.data import demo_corpus, normalise
-from edge_rnn.export.bundle import export_bundle, read_manifest
+from edge_rnn.export.bundle import RANGE_INPUT as RANGE, export_bundle, read_manifest
 from edge_rnn.runtime import MLXBackend, ONNXBackend, Session, StepOutput
 from edge_rnn.vocab import Vocab
 
@@ -192,7 +192,7 @@ class Variant:
     precision: str
     head: str
     make: Callable[[], Any]  # -> a Backend
-    bytes: int  # the step model on disk
+    bytes: int  # the model files on disk (ours: step + prefill graphs and the weights they share)
     read_bytes: Callable[[str], int]  # prefix -> weight bytes one keystroke reads
     wall_only: bool = False  # computes on threads of its own: thread CPU time would miss them
     agreement: float | None = None
@@ -217,8 +217,9 @@ def onnx_variant(cell: str, bundle: Path, precision: str, threads: int) -> Varia
         rows = int(np.diff(b.range(prefix))[0]) if prefix_head else len(b.labels)
         return step_bytes(rows)
 
+    files = sum(p.stat().st_size for p in bundle.iterdir() if p.suffix in (".onnx", ".bin"))
     return Variant(f"edge-{cell}", "ours ONNX", precision, "prefix" if prefix_head else "full",
-                   make, path.stat().st_size, read)
+                   make, files, read)
 
 
 CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
@@ -356,7 +357,7 @@ def quantized_variants(cell: str, full: Path, prefix: Path, to: str, root: Path,
         print(f"  {to}: edge_rnn.quantize is not available")
         return []
     out = []
-    sources = ((full, "full"), (prefix, "prefix")) if args.quantize_prefix else ((full, "full"),)
+    sources = ((full, "full"),) if args.no_quantize_prefix else ((full, "full"), (prefix, "prefix"))
     for source, name in sources:
         try:
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -412,20 +413,147 @@ def baseline_variant(cell: str, model, root: Path, full: Path, words, check_ids,
                    lambda prefix: step_bytes(0))
 
 
+# ---- where a keystroke's microseconds go ---------------------------------------------------------
+
+def _ort(model_or_path, threads: int, profile: bool = False):
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    if profile:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / "edge-rnn-profile")
+    data = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def _median_us(session, feed: dict, reps: int = 1000) -> float:
+    for _ in range(50):
+        session.run(None, feed)
+    times = np.empty(reps)
+    for k in range(reps):
+        start = time.thread_time()
+        session.run(None, feed)
+        times[k] = time.thread_time() - start
+    return float(np.median(times) * 1e6)
+
+
+def breakdown(bundle: Path, ids: list[int], threads: int) -> str:
+    """Where one keystroke's time goes in a prefix-head bundle, typing ``ids`` (real text):
+
+    - the runtime's Python (``Session.step`` minus ONNX Runtime's ``run``), and ``run`` itself,
+      split into narrow (range) and wide (whole head) keystrokes;
+    - ablations timed without the profiler: ``run`` of a one-node graph (ONNX Runtime's fixed cost
+      per call), of the step graph cut after the recurrent step (``onnx.utils.Extractor``: the
+      cells), and of the whole step at a 30-row range; the head rows are the difference;
+    - ONNX Runtime's profiler (``SessionOptions.enable_profiling``) over the same keystrokes: nodes
+      run per keystroke and kernel time by part (cells, head), the rest of ``model_run`` being the
+      executor's per-node overhead (the profiler itself inflates every node, so read shares).
+    """
+    import json
+
+    import onnx
+    from onnx import helper
+
+    backend = ONNXBackend(bundle, threads=threads)
+    inner, ort_times, rows = backend.session, [], []
+
+    class Timed:  # ONNX Runtime's run, timed inside Session.step
+        def run(self, outputs, feed):
+            start = time.thread_time()
+            result = inner.run(outputs, feed)
+            ort_times.append(time.thread_time() - start)
+            rows.append(int(feed[RANGE][1] - feed[RANGE][0]))
+            return result
+
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+    backend.session = Timed()
+    session = _session(backend)
+    for c in ids[:100]:
+        session.step(c)
+    ort_times.clear()
+    rows.clear()
+    steps = np.empty(len(ids) - 100)
+    for k, c in enumerate(ids[100:]):
+        start = time.thread_time()
+        session.step(c)
+        steps[k] = time.thread_time() - start
+    run_us, step_us, rows = np.array(ort_times) * 1e6, steps * 1e6, np.array(rows)
+    wide_rows = backend.manifest["export"]["prefix_head"]["full_gemm_above_rows"]
+    wide = rows > wide_rows
+
+    model_path = bundle / backend.manifest["export"]["model"]
+    model = onnx.load(str(model_path))
+    states = [s["name"] for s in backend.manifest["state"]]
+    feed = {"char": np.array([5], np.int32), **{n: np.full((1, backend.manifest["model"]["units"]), 0.1, np.float32)
+                                                for n in states}}
+    cells = onnx.utils.Extractor(model).extract_model(["char", *states], [f"{n}_next" for n in states])
+    one = helper.make_model(helper.make_graph([helper.make_node("Identity", ["char"], ["y"])], "one",
+                                              [helper.make_tensor_value_info("char", 6, [1])],
+                                              [helper.make_tensor_value_info("y", 6, [1])]),
+                            opset_imports=[helper.make_opsetid("", 18)])
+    one.ir_version = 8
+    fixed = _median_us(_ort(one, threads), {"char": feed["char"]})
+    cells_us = _median_us(_ort(cells, threads), feed)
+    narrow_us = _median_us(_ort(model_path, threads), {**feed, RANGE: np.array([2, 32], np.int32)})
+
+    profiled = _ort(model_path, threads, profile=True)
+    state = {n: np.zeros_like(v) for n, v in feed.items() if n != "char"}
+    session = _session(backend)
+    for c in ids[100:]:
+        session.step(c)  # for the prefix after this keystroke
+        out = profiled.run(None, {"char": np.array([c], np.int32), **state, RANGE: backend.range(session.prefix)})
+        state = dict(zip(states, out[2:]))
+    events = json.load(open(profiled.end_profiling()))
+    n = len(ids) - 100
+    runs = [e for e in events if e.get("name") == "model_run"][-n:]
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+               and e["ts"] >= runs[0]["ts"]]
+    head_ops = ("Softmax", "TopK", "Min", "Greater")
+    part = {"cells": 0.0, "head": 0.0}
+    for e in kernels:
+        if e["args"].get("op_name") == "If":  # its branch's nodes are listed on their own
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        part["head" if "head" in name or "range" in name or e["args"].get("op_name") in head_ops else "cells"] += e["dur"]
+    model_run = float(np.mean([e["dur"] for e in runs]))
+    return "\n".join([
+        f"{bundle.name}, {n} keystrokes of real text ({wide.mean():.1%} wide: range over {wide_rows} rows)",
+        f"  Session.step (thread CPU time): mean {step_us.mean():.1f} us = ONNX Runtime run {run_us.mean():.1f} "
+        f"+ the runtime's Python {step_us.mean() - run_us.mean():.1f}",
+        f"  run: narrow keystrokes mean {run_us[~wide].mean():.1f} us (median range {np.median(rows[~wide]):.0f} rows), "
+        f"wide {run_us[wide].mean():.1f} us",
+        f"  ablations (median run): one-node graph {fixed:.1f} us (fixed cost per call); recurrent step only "
+        f"{cells_us:.1f} us; whole step at a 30-row range {narrow_us:.1f} us (head rows + range logic "
+        f"{narrow_us - cells_us:+.1f} us)",
+        f"  profiler: {len(kernels) / n:.1f} nodes per keystroke; model_run {model_run:.1f} us = kernels cells "
+        f"{part['cells'] / n:.1f} + head {part['head'] / n:.1f} + outside kernels (If, executor) "
+        f"{model_run - (part['cells'] + part['head']) / n:.1f} (executor per-node overhead; profiled times are inflated)",
+    ])
+
+
 # ---- report ----------------------------------------------------------------------------------------
 
 def table(rows: list[Variant], bandwidth: float) -> str:
-    """The markdown table; ratios against the same cell's baseline."""
-    lines = ["| model | backend | precision | head | p50 ms | p99 ms | mean ms | p50 / torch | mean / torch "
-             "| p50 / bound | step model bytes | agreement vs fp32 | Δtop-1 (pt) |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """The markdown table; ratios against the same cell's baseline. The bound is the mean over the
+    timed keystrokes of the weight bytes each reads (``edge_rnn.bench.onnx_step_bytes``: the rows
+    of its range, the whole head above the graph's switch) divided by the DRAM read bandwidth
+    measured in the same run."""
+    lines = ["| model | backend | precision | head | p50 ms | p99 ms | mean ms | p50 / torch | p99 / torch "
+             "| mean / torch | KB read (mean) | bound ms | mean / bound | model bytes | agreement vs fp32 | Δtop-1 (pt) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base = {v.model: stats(v) for v in rows if v.backend == "PyTorch->ONNX"}
     for v in rows:
         s, b = stats(v), base.get(v.model)
-        bound = np.median(v.reads) / bandwidth * 1e3
+        read = float(np.mean(v.reads))
+        bound = read / bandwidth * 1e3
         lines.append(f"| {v.model} | {v.backend} | {v.precision} | {v.head} | {s['p50']:.3f} | {s['p99']:.3f} "
-                     f"| {s['mean']:.3f} | {_ratio(s['p50'], b and b['p50'])} | {_ratio(s['mean'], b and b['mean'])} "
-                     f"| {s['p50'] / bound:.2f}x | {v.bytes:,} | {_fmt(v.agreement, '.3f')} | {_fmt(v.dtop1, '+.2f')} |")
+                     f"| {s['mean']:.3f} | {_ratio(s['p50'], b and b['p50'])} | {_ratio(s['p99'], b and b['p99'])} "
+                     f"| {_ratio(s['mean'], b and b['mean'])} | {read / 1e3:,.0f} | {bound:.3f} | {s['mean'] / bound:.1f}x "
+                     f"| {v.bytes:,} | {_fmt(v.agreement, '.3f')} | {_fmt(v.dtop1, '+.2f')} |")
     return "\n".join(lines)
 
 
@@ -446,9 +574,11 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=400, help="keystrokes per variant per round")
     parser.add_argument("--warm", type=int, default=50, help="untimed keystrokes before each block")
     parser.add_argument("--check", type=int, default=300, help="keystrokes of the agreement checks")
-    parser.add_argument("--quantize-prefix", action="store_true",
-                        help="also quantize the prefix-head bundle (edge_rnn.quantize leaves its head fp32)")
+    parser.add_argument("--no-quantize-prefix", action="store_true",
+                        help="skip the quantized prefix-head bundles (their head rows int8/fp16)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", choices=CELLS, default="gru",
+                        help="the cell whose int8 prefix bundle gets the time breakdown (breakdown())")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                         help="cpu: the calling thread's CPU time (ONNX Runtime runs a 1-thread graph on the "
                              "caller's thread; excludes time the OS gives other processes on a shared "
@@ -461,7 +591,7 @@ def main() -> None:
     typed, vocab_text = corpus()
     words = top_words(vocab_text)
     ids = keystrokes(typed[: 2_000_000], args.warm + args.rounds * args.block + 1)
-    rows = []
+    rows, profiles = [], []
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         for cell in args.cells:
             print(f"edge-{cell}: building and checking")
@@ -469,6 +599,11 @@ def main() -> None:
             print(f"edge-{cell}: timing {len(variants)} variants x {args.rounds} rounds x {args.block} keystrokes")
             interleave(variants, ids, args.rounds, args.block, args.warm, CLOCKS[args.clock])
             rows += variants
+            if cell == args.profile and (Path(tmp) / cell / "prefix-int8").is_dir():
+                try:  # a failed breakdown must not cost the table
+                    profiles.append(breakdown(Path(tmp) / cell / "prefix-int8", ids, args.threads))
+                except Exception as err:
+                    profiles.append(f"edge-{cell}: breakdown failed: {err!r}")
     bandwidth = memory_bandwidth()
     import onnxruntime as ort
 
@@ -478,6 +613,8 @@ def main() -> None:
           f"{args.clock} time per keystroke, medians over {args.rounds} interleaved rounds of "
           f"{args.block} keystrokes\n")
     print(table(rows, bandwidth))
+    for text in profiles:
+        print("\nWhere the time goes, " + text)
 
 
 if __name__ == "__main__":
