@@ -481,6 +481,7 @@ def breakdown(bundle: Path, ids: list[int], threads: int) -> str:
         start = time.thread_time()
         session.step(c)
         steps[k] = time.thread_time() - start
+    backend.session = inner
     run_us, step_us, rows = np.array(ort_times) * 1e6, steps * 1e6, np.array(rows)
     wide_rows = backend.manifest["export"]["prefix_head"]["full_gemm_above_rows"]
     wide = rows > wide_rows
