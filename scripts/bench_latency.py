@@ -52,11 +52,11 @@ import numpy as np
 import torch
 from torch import nn
 
-import torch_cells  # the equations of CIFG and the Nested LSTM, shared with bench_train/compare_learning
+import torch_cells  # the PyTorch model (CIFG, Nested LSTM hand-written), shared with bench_train/compare_learning
 
 from edge_rnn.bench import CORPUS_DIR, keystrokes, memory_bandwidth, onnx_step_bytes, mlx_step_bytes
 from edge_rnn.data import demo_corpus, normalise
-from edge_rnn.export.bundle import export_bundle, read_manifest
+from edge_rnn.export.bundle import RANGE_INPUT as RANGE, export_bundle, read_manifest
 from edge_rnn.runtime import MLXBackend, ONNXBackend, Session, StepOutput
 from edge_rnn.vocab import Vocab
 
@@ -106,104 +106,30 @@ def torch_step_module(model, top_k: int = TOP_K) -> nn.Module:
     return TorchStep(model.config, p, top_k).eval()
 
 
-def _linear(W: torch.Tensor, b: torch.Tensor | None = None) -> nn.Linear:
-    """``x @ W (+ b)`` as ``nn.Linear`` (which stores ``W^T``)."""
-    lin = nn.Linear(W.shape[0], W.shape[1], bias=b is not None)
-    with torch.no_grad():
-        lin.weight.copy_(W.T)
-        if b is not None:
-            lin.bias.copy_(b)
-    return lin
-
-
 class TorchStep(nn.Module):
-    """Embedding (row 0 = <pad> = zeros) -> recurrent stack -> Linear -> softmax -> top-k."""
+    """``scripts/torch_cells.Model`` holding our weights, run one keystroke at a time:
+    embedding (row 0 = <pad> = zeros) -> ``Recurrent.step`` -> Linear -> softmax -> top-k."""
 
     def __init__(self, cfg, p: dict, top_k: int):
         super().__init__()
         self.top_k = top_k
-        self.embed = nn.Embedding(28, cfg.embed_dim)
+        self.model = torch_cells.Model(cfg)
         with torch.no_grad():
-            self.embed.weight.copy_(torch.cat([torch.zeros(1, cfg.embed_dim), p["embedding"]]))
-        self.rnn = TorchBuiltin(cfg, p) if cfg.cell in ("gru", "lstm", "rnn") else TorchHandwritten(cfg, p)
-        self.head = _linear(p["head.weight"].T, p["head.bias"])
+            self.model.embedding.weight.copy_(torch.cat([torch.zeros(1, cfg.embed_dim), p["embedding"]]))
+            self.model.head.weight.copy_(p["head.weight"])
+            self.model.head.bias.copy_(p["head.bias"])
+        torch_cells.load_edge_weights(self.model.rnn, cfg, p)
 
     def forward(self, char, *state):
-        h, new_state = self.rnn(self.embed(char), state)
-        top_probs, top_ids = torch.topk(torch.softmax(self.head(h), dim=-1), self.top_k, dim=-1)
+        h, new_state = self.model.rnn.step(self.model.embedding(char), state)
+        top_probs, top_ids = torch.topk(torch.softmax(self.model.head(h), dim=-1), self.top_k, dim=-1)
         return (top_ids.to(torch.int32), top_probs, *new_state)
-
-
-class TorchBuiltin(nn.Module):
-    """``nn.GRU``/``nn.LSTM``/``nn.RNN`` with our weights. Same gate orders (GRU r,z,n; LSTM
-    i,f,g,o); PyTorch splits the bias into ``b_ih`` (ours ``b``) and ``b_hh``, zero except the
-    GRU's ``b_hn``, which is our ``bhn`` (inside the reset product in both)."""
-
-    def __init__(self, cfg, p: dict):
-        super().__init__()
-        kind = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cfg.cell]
-        self.lstm, self.rnn = cfg.cell == "lstm", kind(cfg.embed_dim, cfg.units, num_layers=cfg.layers)
-        H = cfg.units
-        with torch.no_grad():
-            for k in range(cfg.layers):
-                Wx, Wh, b = (p[f"layers.{k}.{n}"] for n in ("Wx", "Wh", "b"))
-                getattr(self.rnn, f"weight_ih_l{k}").copy_(Wx.T)
-                getattr(self.rnn, f"weight_hh_l{k}").copy_(Wh.T)
-                getattr(self.rnn, f"bias_ih_l{k}").copy_(b)
-                bh = torch.zeros_like(b)
-                if cfg.cell == "gru":
-                    bh[2 * H:] = p[f"layers.{k}.bhn"]
-                getattr(self.rnn, f"bias_hh_l{k}").copy_(bh)
-
-    def forward(self, x, state):
-        y, new = self.rnn(x[None], tuple(state) if self.lstm else state[0])
-        return y[0], (tuple(new) if self.lstm else (new,))
-
-
-class TorchHandwritten(nn.Module):
-    """CIFG and the Nested LSTM, which PyTorch does not have, from ``nn.Linear`` holding our weights
-    and the equations of ``scripts/torch_cells.py`` (the names are ``edge_rnn.cells``')."""
-
-    def __init__(self, cfg, p: dict):
-        super().__init__()
-        self.cell, self.depth = cfg.cell, cfg.depth
-        self.x2h = nn.ModuleList([_linear(p[f"layers.{k}.Wx"], p[f"layers.{k}.b"]) for k in range(cfg.layers)])
-        self.h2h = nn.ModuleList([_linear(p[f"layers.{k}.Wh"]) for k in range(cfg.layers)])
-        levels = range(cfg.depth - 1) if cfg.cell == "nlstm" else range(0)
-        self.inner = nn.ModuleList([nn.ModuleList([
-            nn.ModuleList([_linear(p[f"layers.{k}.inner.{d}.Wx"], p[f"layers.{k}.inner.{d}.b"]),
-                           _linear(p[f"layers.{k}.inner.{d}.Wh"])]) for d in levels]) for k in range(cfg.layers)])
-        self.per_layer = 2 if cfg.cell == "cifg" else 1 + cfg.depth
-
-    def forward(self, x, state):
-        new = []
-        for k in range(len(self.x2h)):
-            h, *cs = state[k * self.per_layer : (k + 1) * self.per_layer]
-            gates = self.x2h[k](x) + self.h2h[k](h)
-            x, out = self.cifg(gates, cs[0]) if self.cell == "cifg" else self.nlstm(k, gates, cs)
-            new += out
-        return x, tuple(new)
-
-    @staticmethod
-    def cifg(gates, c):
-        h, c = torch_cells.cifg_update(gates, c)
-        return h, [h, c]
-
-    def nlstm(self, k, gates, cs):
-        h, *cs = torch_cells.nlstm_level(self.inner[k], 0, gates, cs)
-        return h, [h, *cs]
 
 
 def torch_state_shapes(cfg) -> list[tuple[int, ...]]:
     """The baseline's state tensors: ``[layers, 1, H]`` for nn.GRU/RNN (h) and nn.LSTM (h, c);
-    ``[1, H]`` per tensor per layer for the hand-written cells."""
-    H, L = cfg.units, cfg.layers
-    if cfg.cell in ("gru", "rnn"):
-        return [(L, 1, H)]
-    if cfg.cell == "lstm":
-        return [(L, 1, H), (L, 1, H)]
-    per = 2 if cfg.cell == "cifg" else 1 + cfg.depth
-    return [(1, H)] * (L * per)
+    ``[1, H]`` per tensor per layer for the hand-written cells (``torch_cells.Recurrent.step``)."""
+    return torch_cells.Recurrent(cfg).state_shapes(cfg.layers, cfg.units)
 
 
 def export_torch_step(model, path: Path) -> str:
@@ -236,7 +162,7 @@ class PlainONNXBackend:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.labels, self.task, self.shapes = labels, "autocomplete", shapes
+        self.labels, self.task, self.shapes, self.prefix_head = labels, "autocomplete", shapes, False
         self.names = [i.name for i in self.session.get_inputs()][1:]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -247,6 +173,12 @@ class PlainONNXBackend:
         feed = {"char": np.array([char_id], np.int64), **dict(zip(self.names, state))}
         out = dict(zip(self.output_names, self.session.run(None, feed)))
         return StepOutput(out["top_ids"][0], out["top_probs"][0], None), [out[f"{n}_next"] for n in self.names]
+
+    def prefill(self, char_ids: list[int], state: list[np.ndarray], prefix: str = "") -> tuple[StepOutput, Any]:
+        """No sequence graph: one step per symbol (the benchmark's sessions never restart)."""
+        for c in char_ids:
+            out, state = self.step(c, state)
+        return out, state
 
 
 # ---- variants and timing ---------------------------------------------------------------------------
@@ -260,7 +192,7 @@ class Variant:
     precision: str
     head: str
     make: Callable[[], Any]  # -> a Backend
-    bytes: int  # the step model on disk
+    bytes: int  # the model files on disk (ours: step + prefill graphs and the weights they share)
     read_bytes: Callable[[str], int]  # prefix -> weight bytes one keystroke reads
     wall_only: bool = False  # computes on threads of its own: thread CPU time would miss them
     agreement: float | None = None
@@ -285,11 +217,18 @@ def onnx_variant(cell: str, bundle: Path, precision: str, threads: int) -> Varia
         rows = int(np.diff(b.range(prefix))[0]) if prefix_head else len(b.labels)
         return step_bytes(rows)
 
+    files = sum(p.stat().st_size for p in bundle.iterdir() if p.suffix in (".onnx", ".bin"))
     return Variant(f"edge-{cell}", "ours ONNX", precision, "prefix" if prefix_head else "full",
-                   make, path.stat().st_size, read)
+                   make, files, read)
 
 
 CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+
+
+def _session(backend) -> Session:
+    """A session that never restarts (``restart="continuous"``): every timed keystroke is one step
+    of the graph, not now and then a prefill of the restarted observation's context."""
+    return Session(backend, restart="continuous")
 
 
 def time_block(session: Session, warm: list[int], ids: list[int], reads: list[float],
@@ -311,7 +250,7 @@ def interleave(variants: list[Variant], ids: list[int], rounds: int, block: int,
                clock: Callable[[], float]) -> None:
     """Rounds of one block per variant, the order rotated each round (module docstring). MLX is
     always timed by the wall clock: it computes on its own threads."""
-    sessions = [Session(v.make()) for v in variants]
+    sessions = [_session(v.make()) for v in variants]
     for r in range(rounds):
         start = warm + r * block
         segment, warm_ids = ids[start : start + block], ids[start - warm : start]
@@ -394,7 +333,7 @@ def cell_variants(cell: str, words: list[str], root: Path, ids: list[int], args)
     variants = [onnx_variant(cell, full, "fp32", args.threads), onnx_variant(cell, prefix, "fp32", args.threads)]
     check_ids = args.check_ids = ids[: args.check]
     variants[0].agreement = 1.0
-    exact, tied = suggestion_agreement(Session(ONNXBackend(ref)), Session(ONNXBackend(prefix)), check_ids)
+    exact, tied = suggestion_agreement(_session(ONNXBackend(ref)), _session(ONNXBackend(prefix)), check_ids)
     print(f"  prefix head = full head + prefix filter on {exact:.1%} of {len(check_ids)} keystrokes, "
           f"{tied:.1%} up to exact float32 ties in the full head's log-probs")
     variants[1].agreement = tied
@@ -403,10 +342,10 @@ def cell_variants(cell: str, words: list[str], root: Path, ids: list[int], args)
     if not args.no_mlx:
         variants.append(mlx_variant(cell, root / "run", len(words) + 2))
     variants.append(baseline_variant(cell, model, root, full, words, check_ids, args.threads))
-    reference = Session(ONNXBackend(full))
+    reference = _session(ONNXBackend(full))
     for v in variants:
         if v.agreement is None:
-            v.agreement = top1_agreement(reference, Session(v.make()), check_ids)
+            v.agreement = top1_agreement(reference, _session(v.make()), check_ids)
     return variants
 
 
@@ -418,7 +357,7 @@ def quantized_variants(cell: str, full: Path, prefix: Path, to: str, root: Path,
         print(f"  {to}: edge_rnn.quantize is not available")
         return []
     out = []
-    sources = ((full, "full"), (prefix, "prefix")) if args.quantize_prefix else ((full, "full"),)
+    sources = ((full, "full"),) if args.no_quantize_prefix else ((full, "full"), (prefix, "prefix"))
     for source, name in sources:
         try:
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -433,7 +372,7 @@ def quantized_variants(cell: str, full: Path, prefix: Path, to: str, root: Path,
         if name == "full":
             v.agreement = check.get("top1_agreement")
         else:  # same alphabetical ids as the fp32 prefix bundle: compare the suggestions' top-1
-            v.agreement = top1_agreement(Session(ONNXBackend(prefix)), Session(ONNXBackend(bundle)),
+            v.agreement = top1_agreement(_session(ONNXBackend(prefix)), _session(ONNXBackend(bundle)),
                                          args.check_ids)
         out.append(v)
     return out
@@ -467,27 +406,155 @@ def baseline_variant(cell: str, model, root: Path, full: Path, words, check_ids,
     def make():
         return PlainONNXBackend(path, labels, shapes, threads)
 
-    worst = check_baseline(Session(ONNXBackend(full)), Session(make()), check_ids)
+    worst = check_baseline(_session(ONNXBackend(full)), _session(make()), check_ids)
     print(f"  baseline ({exporter} exporter) matches ours: max |dp| {worst:.1e} over {len(check_ids)} keystrokes")
     step_bytes = onnx_step_bytes(path, False)
     return Variant(f"edge-{cell}", "PyTorch->ONNX", "fp32", "full", make, path.stat().st_size,
                    lambda prefix: step_bytes(0))
 
 
+# ---- where a keystroke's microseconds go ---------------------------------------------------------
+
+def _ort(model_or_path, threads: int, profile: bool = False):
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    if profile:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / "edge-rnn-profile")
+    data = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def _median_us(session, feed: dict, reps: int = 1000) -> float:
+    for _ in range(50):
+        session.run(None, feed)
+    times = np.empty(reps)
+    for k in range(reps):
+        start = time.thread_time()
+        session.run(None, feed)
+        times[k] = time.thread_time() - start
+    return float(np.median(times) * 1e6)
+
+
+def breakdown(bundle: Path, ids: list[int], threads: int) -> str:
+    """Where one keystroke's time goes in a prefix-head bundle, typing ``ids`` (real text):
+
+    - the runtime's Python (``Session.step`` minus ONNX Runtime's ``run``), and ``run`` itself,
+      split into narrow (range) and wide (whole head) keystrokes;
+    - ablations timed without the profiler: ``run`` of a one-node graph (ONNX Runtime's fixed cost
+      per call), of the step graph cut after the recurrent step (``onnx.utils.Extractor``: the
+      cells), and of the whole step at a 30-row range; the head rows are the difference;
+    - ONNX Runtime's profiler (``SessionOptions.enable_profiling``) over the same keystrokes: nodes
+      run per keystroke and kernel time by part (cells, head), the rest of ``model_run`` being the
+      executor's per-node overhead (the profiler itself inflates every node, so read shares).
+    """
+    import json
+
+    import onnx
+    from onnx import helper
+
+    backend = ONNXBackend(bundle, threads=threads)
+    inner, ort_times, rows = backend.session, [], []
+
+    class Timed:  # ONNX Runtime's run, timed inside Session.step
+        def run(self, outputs, feed):
+            start = time.thread_time()
+            result = inner.run(outputs, feed)
+            ort_times.append(time.thread_time() - start)
+            rows.append(int(feed[RANGE][1] - feed[RANGE][0]))
+            return result
+
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+    backend.session = Timed()
+    session = _session(backend)
+    for c in ids[:100]:
+        session.step(c)
+    ort_times.clear()
+    rows.clear()
+    steps = np.empty(len(ids) - 100)
+    for k, c in enumerate(ids[100:]):
+        start = time.thread_time()
+        session.step(c)
+        steps[k] = time.thread_time() - start
+    backend.session = inner
+    run_us, step_us, rows = np.array(ort_times) * 1e6, steps * 1e6, np.array(rows)
+    wide_rows = backend.manifest["export"]["prefix_head"]["full_gemm_above_rows"]
+    wide = rows > wide_rows
+
+    model_path = bundle / backend.manifest["export"]["model"]
+    model = onnx.load(str(model_path))
+    states = [s["name"] for s in backend.manifest["state"]]
+    feed = {"char": np.array([5], np.int32), **{n: np.full((1, backend.manifest["model"]["units"]), 0.1, np.float32)
+                                                for n in states}}
+    cells = onnx.utils.Extractor(model).extract_model(["char", *states], [f"{n}_next" for n in states])
+    one = helper.make_model(helper.make_graph([helper.make_node("Identity", ["char"], ["y"])], "one",
+                                              [helper.make_tensor_value_info("char", 6, [1])],
+                                              [helper.make_tensor_value_info("y", 6, [1])]),
+                            opset_imports=[helper.make_opsetid("", 18)])
+    one.ir_version = 8
+    fixed = _median_us(_ort(one, threads), {"char": feed["char"]})
+    cells_us = _median_us(_ort(cells, threads), feed)
+    narrow_us = _median_us(_ort(model_path, threads), {**feed, RANGE: np.array([2, 32], np.int32)})
+
+    profiled = _ort(model_path, threads, profile=True)
+    state = {n: np.zeros_like(v) for n, v in feed.items() if n != "char"}
+    session = _session(backend)
+    for c in ids[100:]:
+        session.step(c)  # for the prefix after this keystroke
+        out = profiled.run(None, {"char": np.array([c], np.int32), **state, RANGE: backend.range(session.prefix)})
+        state = dict(zip(states, out[2:]))
+    events = json.load(open(profiled.end_profiling()))
+    n = len(ids) - 100
+    runs = [e for e in events if e.get("name") == "model_run"][-n:]
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+               and e["ts"] >= runs[0]["ts"]]
+    head_ops = ("Softmax", "TopK", "Min", "Greater")
+    part = {"cells": 0.0, "head": 0.0}
+    for e in kernels:
+        if e["args"].get("op_name") == "If":  # its branch's nodes are listed on their own
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        part["head" if "head" in name or "range" in name or e["args"].get("op_name") in head_ops else "cells"] += e["dur"]
+    model_run = float(np.mean([e["dur"] for e in runs]))
+    return "\n".join([
+        f"{bundle.name}, {n} keystrokes of real text ({wide.mean():.1%} wide: range over {wide_rows} rows)",
+        f"  Session.step (thread CPU time): mean {step_us.mean():.1f} us = ONNX Runtime run {run_us.mean():.1f} "
+        f"+ the runtime's Python {step_us.mean() - run_us.mean():.1f}",
+        f"  run: narrow keystrokes mean {run_us[~wide].mean():.1f} us (median range {np.median(rows[~wide]):.0f} rows), "
+        f"wide {run_us[wide].mean():.1f} us",
+        f"  ablations (median run): one-node graph {fixed:.1f} us (fixed cost per call); recurrent step only "
+        f"{cells_us:.1f} us; whole step at a 30-row range {narrow_us:.1f} us (head rows + range logic "
+        f"{narrow_us - cells_us:+.1f} us)",
+        f"  profiler: {len(kernels) / n:.1f} nodes per keystroke; model_run {model_run:.1f} us = kernels cells "
+        f"{part['cells'] / n:.1f} + head {part['head'] / n:.1f} + outside kernels (If, executor) "
+        f"{model_run - (part['cells'] + part['head']) / n:.1f} (executor per-node overhead; profiled times are inflated)",
+    ])
+
+
 # ---- report ----------------------------------------------------------------------------------------
 
 def table(rows: list[Variant], bandwidth: float) -> str:
-    """The markdown table; ratios against the same cell's baseline."""
-    lines = ["| model | backend | precision | head | p50 ms | p99 ms | mean ms | p50 / torch | mean / torch "
-             "| p50 / bound | step model bytes | agreement vs fp32 | Δtop-1 (pt) |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """The markdown table; ratios against the same cell's baseline. The bound is the mean over the
+    timed keystrokes of the weight bytes each reads (``edge_rnn.bench.onnx_step_bytes``: the rows
+    of its range, the whole head above the graph's switch) divided by the DRAM read bandwidth
+    measured in the same run."""
+    lines = ["| model | backend | precision | head | p50 ms | p99 ms | mean ms | p50 / torch | p99 / torch "
+             "| mean / torch | KB read (mean) | bound ms | mean / bound | model bytes | agreement vs fp32 | Δtop-1 (pt) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base = {v.model: stats(v) for v in rows if v.backend == "PyTorch->ONNX"}
     for v in rows:
         s, b = stats(v), base.get(v.model)
-        bound = np.median(v.reads) / bandwidth * 1e3
+        read = float(np.mean(v.reads))
+        bound = read / bandwidth * 1e3
         lines.append(f"| {v.model} | {v.backend} | {v.precision} | {v.head} | {s['p50']:.3f} | {s['p99']:.3f} "
-                     f"| {s['mean']:.3f} | {_ratio(s['p50'], b and b['p50'])} | {_ratio(s['mean'], b and b['mean'])} "
-                     f"| {s['p50'] / bound:.2f}x | {v.bytes:,} | {_fmt(v.agreement, '.3f')} | {_fmt(v.dtop1, '+.2f')} |")
+                     f"| {s['mean']:.3f} | {_ratio(s['p50'], b and b['p50'])} | {_ratio(s['p99'], b and b['p99'])} "
+                     f"| {_ratio(s['mean'], b and b['mean'])} | {read / 1e3:,.0f} | {bound:.3f} | {s['mean'] / bound:.1f}x "
+                     f"| {v.bytes:,} | {_fmt(v.agreement, '.3f')} | {_fmt(v.dtop1, '+.2f')} |")
     return "\n".join(lines)
 
 
@@ -508,9 +575,11 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=400, help="keystrokes per variant per round")
     parser.add_argument("--warm", type=int, default=50, help="untimed keystrokes before each block")
     parser.add_argument("--check", type=int, default=300, help="keystrokes of the agreement checks")
-    parser.add_argument("--quantize-prefix", action="store_true",
-                        help="also quantize the prefix-head bundle (edge_rnn.quantize leaves its head fp32)")
+    parser.add_argument("--no-quantize-prefix", action="store_true",
+                        help="skip the quantized prefix-head bundles (their head rows int8/fp16)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", choices=CELLS, default="gru",
+                        help="the cell whose int8 prefix bundle gets the time breakdown (breakdown())")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                         help="cpu: the calling thread's CPU time (ONNX Runtime runs a 1-thread graph on the "
                              "caller's thread; excludes time the OS gives other processes on a shared "
@@ -523,7 +592,7 @@ def main() -> None:
     typed, vocab_text = corpus()
     words = top_words(vocab_text)
     ids = keystrokes(typed[: 2_000_000], args.warm + args.rounds * args.block + 1)
-    rows = []
+    rows, profiles = [], []
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         for cell in args.cells:
             print(f"edge-{cell}: building and checking")
@@ -531,6 +600,11 @@ def main() -> None:
             print(f"edge-{cell}: timing {len(variants)} variants x {args.rounds} rounds x {args.block} keystrokes")
             interleave(variants, ids, args.rounds, args.block, args.warm, CLOCKS[args.clock])
             rows += variants
+            if cell == args.profile and (Path(tmp) / cell / "prefix-int8").is_dir():
+                try:  # a failed breakdown must not cost the table
+                    profiles.append(breakdown(Path(tmp) / cell / "prefix-int8", ids, args.threads))
+                except Exception as err:
+                    profiles.append(f"edge-{cell}: breakdown failed: {err!r}")
     bandwidth = memory_bandwidth()
     import onnxruntime as ort
 
@@ -540,6 +614,8 @@ def main() -> None:
           f"{args.clock} time per keystroke, medians over {args.rounds} interleaved rounds of "
           f"{args.block} keystrokes\n")
     print(table(rows, bandwidth))
+    for text in profiles:
+        print("\nWhere the time goes, " + text)
 
 
 if __name__ == "__main__":

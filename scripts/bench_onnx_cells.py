@@ -17,7 +17,7 @@ import mlx.core as mx
 import numpy as np
 import onnxruntime as ort
 
-from edge_rnn.export.bundle import state_names
+from edge_rnn.export.contract import state_names
 from edge_rnn.export.onnx import NATIVE_CELLS, build_models
 from edge_rnn.model import ModelConfig, RNNModel
 

@@ -3,8 +3,10 @@
 GRU, LSTM and RNN are PyTorch's own ``nn.GRU``/``nn.LSTM``/``nn.RNN`` (same gate orders as
 ``edge_rnn.cells``: GRU r,z,n with the reset gate after the recurrent matmul; LSTM i,f,g,o).
 CIFG and the Nested LSTM, which PyTorch does not have, are written here once from the equations of
-``edge_rnn.cells`` (``cifg_update``, ``nlstm_level``, names as there); ``bench_latency.py`` loads our
-weights into them, ``bench_train.py`` and ``compare_learning.py`` train them from PyTorch's init.
+``edge_rnn.cells`` (``cifg_update``, ``nlstm_level``, names as there). One module for every script:
+``bench_train.py`` and ``compare_learning.py`` train ``Model`` from PyTorch's init;
+``bench_latency.py`` loads our trained weights into ``Recurrent`` (``load_edge_weights``) and runs
+it one keystroke at a time (``Recurrent.step``).
 
 Initialisation is PyTorch's default everywhere, as a PyTorch user would get it: ``nn.Embedding``
 N(0, 1); every recurrent weight and bias U(-1/sqrt(H), 1/sqrt(H)) (what ``nn.RNNBase`` does; the
@@ -64,6 +66,15 @@ class HandwrittenLayer(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
+    def step(self, xp: torch.Tensor, h: torch.Tensor, cs: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One time step from the input projection ``xp = x2h(x)``: the new ``h`` and memories."""
+        gates = xp + self.h2h(h)
+        if self.cell == "cifg":
+            h, c = cifg_update(gates, cs[0])
+            return h, [c]
+        h, *cs = nlstm_level(self.inner, 0, gates, cs)
+        return h, cs
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         xp = self.x2h(x)  # input projection for all steps at once, like edge_rnn.cells.Cell
@@ -71,12 +82,7 @@ class HandwrittenLayer(nn.Module):
         cs = [x.new_zeros(B, self.H) for _ in range(self.n_cs)]
         hs = []
         for t in range(T):
-            gates = xp[:, t] + self.h2h(h)
-            if self.cell == "cifg":
-                h, c = cifg_update(gates, cs[0])
-                cs = [c]
-            else:
-                h, *cs = nlstm_level(self.inner, 0, gates, cs)
+            h, cs = self.step(xp[:, t], h, cs)
             hs.append(h)
         return torch.stack(hs, dim=1)
 
@@ -100,6 +106,52 @@ class Recurrent(nn.Module):
         for layer in self.stack:
             x = layer(x)
         return x
+
+    def step(self, x: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        """One keystroke from ``x (B, I)``. ``state``: ``(h,)`` or ``(h, c)`` of shape ``(layers, B, H)``
+        for PyTorch's modules; per layer ``h, c_0, ...`` of shape ``(B, H)`` for the hand-written ones."""
+        if self.builtin is not None:
+            y, new = self.builtin(x[:, None], state if len(state) == 2 else state[0])
+            return y[:, 0], (tuple(new) if isinstance(new, tuple) else (new,))
+        per_layer, new = 1 + self.stack[0].n_cs, []
+        for k, layer in enumerate(self.stack):
+            h, *cs = state[k * per_layer : (k + 1) * per_layer]
+            x, cs = layer.step(layer.x2h(x), h, cs)
+            new += [x, *cs]
+        return x, tuple(new)
+
+    def state_shapes(self, layers: int, units: int) -> list[tuple[int, ...]]:
+        """The ``state`` tensors ``step`` takes, batch 1."""
+        if self.builtin is not None:
+            return [(layers, 1, units)] * (2 if isinstance(self.builtin, nn.LSTM) else 1)
+        return [(1, units)] * (layers * (1 + self.stack[0].n_cs))
+
+
+@torch.no_grad()
+def load_edge_weights(rnn: Recurrent, cfg, p: dict[str, torch.Tensor]) -> None:
+    """Copy an ``edge_rnn`` model's recurrent weights (``p``: ``layers.{k}.Wx`` ... as tensors) into
+    ``rnn``. Same gate orders; ours compute ``x @ Wx``, ``nn.Linear``/``nn.RNNBase`` store ``W^T``.
+    PyTorch splits the bias into ``b_ih`` (ours ``b``) and ``b_hh``, zero except the GRU's ``b_hn``,
+    which is our ``bhn`` (inside the reset product in both)."""
+    for k in range(cfg.layers):
+        Wx, Wh, b = (p[f"layers.{k}.{n}"] for n in ("Wx", "Wh", "b"))
+        if rnn.builtin is not None:
+            getattr(rnn.builtin, f"weight_ih_l{k}").copy_(Wx.T)
+            getattr(rnn.builtin, f"weight_hh_l{k}").copy_(Wh.T)
+            getattr(rnn.builtin, f"bias_ih_l{k}").copy_(b)
+            bh = torch.zeros_like(b)
+            if cfg.cell == "gru":
+                bh[2 * cfg.units:] = p[f"layers.{k}.bhn"]
+            getattr(rnn.builtin, f"bias_hh_l{k}").copy_(bh)
+            continue
+        layer = rnn.stack[k]
+        layer.x2h.weight.copy_(Wx.T)
+        layer.x2h.bias.copy_(b)
+        layer.h2h.weight.copy_(Wh.T)
+        for d, (wx, wh) in enumerate(layer.inner):
+            wx.weight.copy_(p[f"layers.{k}.inner.{d}.Wx"].T)
+            wx.bias.copy_(p[f"layers.{k}.inner.{d}.b"])
+            wh.weight.copy_(p[f"layers.{k}.inner.{d}.Wh"].T)
 
 
 class Model(nn.Module):

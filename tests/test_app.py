@@ -28,11 +28,15 @@ CHROMIUM = "/usr/bin/chromium"
 
 @pytest.fixture(scope="module")
 def app_bundles(trained, tmp_path_factory):
-    """The trained tiny model as a plain bundle (full head with log_probs) and a prefix-head one."""
+    """The trained tiny model as a plain bundle (full head with log_probs), a prefix-head one and
+    that one quantized to int8 (its head rows int8, sliced by the range in the graph)."""
+    from edge_rnn.quantize import quantize
+
     run, _ = trained
     out = tmp_path_factory.mktemp("app")
-    return {"plain": export_bundle(run, out / "plain", with_log_probs=True),
-            "prefix": export_bundle(run, out / "prefix", prefix_head=True)}
+    prefix = export_bundle(run, out / "prefix", prefix_head=True)
+    return {"plain": export_bundle(run, out / "plain", with_log_probs=True), "prefix": prefix,
+            "prefix-int8": quantize(prefix, "int8", out=out / "prefix-int8", max_chars=300)[0]}
 
 
 def test_scenario_is_not_trivial(app_bundles):
@@ -51,7 +55,7 @@ def test_node_runtime_matches_python(app_bundles, tmp_path):
     result = subprocess.run(["node", "--test", "examples/node/"], cwd=ROOT, capture_output=True, text=True,
                             env={**os.environ, "EDGE_RNN_APP_CASES": str(cases)}, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"^# pass 4$", result.stdout, re.M) and re.search(r"^# fail 0$", result.stdout, re.M)
+    assert re.search(rf"^# pass {2 * len(app_bundles)}$", result.stdout, re.M) and re.search(r"^# fail 0$", result.stdout, re.M)
 
 
 def test_node_cli_prints_suggestions(app_bundles):
@@ -77,7 +81,7 @@ def _page_state(page) -> tuple[str, list[list]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["plain", "prefix"])
+@pytest.mark.parametrize("kind", ["plain", "prefix", "prefix-int8"])
 def test_page_in_chromium_matches_python(app_bundles, kind):
     """Type, backspace (past the stack: prefill), accept chips in the real page; compare every
     step with the Python runtime; only 127.0.0.1 is ever asked for anything."""

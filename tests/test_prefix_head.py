@@ -197,3 +197,92 @@ def test_top_k_stable_is_the_stable_argsort():
         scores = rng.integers(0, 6, rng.integers(1, 40)).astype(np.float32)  # many ties
         for k in (1, 3, 50):
             np.testing.assert_array_equal(top_k_stable(scores, k), np.argsort(-scores, kind="stable")[:k])
+
+
+# ---- quantized prefix-range heads: rows stored int8 / fp16, sliced before they are dequantised ----
+#
+# The twin of a quantized prefix bundle is the same run's full head (with log_probs) quantized to
+# the same precision: the runtime filters its whole distribution by the prefix. The int8 rows are
+# quantize_dynamic's own (bit-identical to the twin's), multiplied by the same ops, and fp16 rows
+# are the twin's values; so the suggestions must be the same words in the same order at every
+# keystroke. Tie rule: none is needed on these models (the float32 caveat of
+# ``edge_rnn.export.onnx``, a near-tie the full head's log-softmax rounds to one value, would
+# show as a mismatch here and fail the test).
+
+QUANTIZED = ("int8", "fp16")
+
+
+@pytest.fixture(scope="module")
+def quantized(bundles, tmp_path_factory):
+    """``{to: (full-head twin, prefix bundle)}``, each quantized from the fp32 bundles."""
+    from edge_rnn.quantize import quantize
+
+    full, prefix = bundles
+    root = tmp_path_factory.mktemp("quantized")
+    return {to: (quantize(full, to, out=root / f"full-{to}", max_chars=300)[0],
+                 quantize(prefix, to, out=root / f"prefix-{to}", max_chars=300)[0]) for to in QUANTIZED}
+
+
+@pytest.mark.parametrize("to", QUANTIZED)
+def test_quantized_prefix_head_suggests_what_its_twin_filters(quantized, to):
+    twin, prefix = quantized[to]
+    wide = narrow = 0
+    for typed, a, b in type_both(twin, prefix, TEXT):
+        assert [w for w, _ in b.suggestions(K)] == [w for w, _ in a.suggestions(K)], typed
+        for s_twin, s_prefix in zip(a.state, b.state):
+            np.testing.assert_array_equal(s_twin, s_prefix)  # same quantized cells, same states
+        n = len(a.suggestions(len(WORDS)))
+        wide += n > PREFIX_FULL_SHARE * (len(WORDS) + 2)
+        narrow += 0 < n <= PREFIX_FULL_SHARE * (len(WORDS) + 2)
+    assert wide and narrow
+
+
+@pytest.mark.parametrize("to", QUANTIZED)
+def test_quantized_prefix_head_stores_its_rows_compressed(quantized, to):
+    """No float32 copy of the head is left anywhere in the graph, the manifest says how the rows
+    are stored, and both graphs read the one copy in weights.bin."""
+    from onnx import TensorProto
+
+    _, prefix = quantized[to]
+    manifest = read_manifest(prefix)
+    assert manifest["export"]["prefix_head"]["rows"] == to and manifest["quantization"]["head"]
+    model = onnx.load(str(prefix / "model.onnx"))
+    heads = {t.name: t.data_type for t in model.graph.initializer if t.name.startswith("head.Wt")}
+    want = {"int8": {"head.Wt_quantized": TensorProto.INT8, "head.Wt_scale": TensorProto.FLOAT},
+            "fp16": {"head.Wt_fp16": TensorProto.FLOAT16}}[to]
+    assert heads == want
+    assert "head.Wt" in manifest["quantization"]["tensors"]["model.onnx"]["compressed"]
+
+
+def test_int4_prefix_head_is_a_one_line_refusal(bundles, tmp_path):
+    from edge_rnn.quantize import quantize
+
+    with pytest.raises(EdgeRNNError, match="MatMulNBits"):
+        quantize(bundles[1], "int4", out=tmp_path / "int4")
+    assert not (tmp_path / "int4").exists()
+
+
+@pytest.fixture(scope="module")
+def wide_head(tmp_path_factory):
+    """A random GRU whose head is most of its bytes (2,002 x 128): full and prefix bundles."""
+    root = tmp_path_factory.mktemp("wide")
+    mx.random.seed(5)
+    words = [f"{a}{b}{c}" for a in "abcdefghij" for b in "klmnopqrst" for c in "uvwxyzabcdefghijklmn"]
+    model = RNNModel(ModelConfig(cell="gru", layers=1, units=128, embed_dim=16, vocab_size=len(words)))
+    rng = np.random.default_rng(5)
+    model.update(tree_map(lambda a: mx.array(rng.normal(0, 0.3, a.shape), dtype=mx.float32), model.parameters()))
+    save(model, root / "run", Vocab.from_counts(words))
+    return export_bundle(root / "run", root / "full"), export_bundle(root / "run", root / "prefix", prefix_head=True)
+
+
+@pytest.mark.parametrize("to,low,high", [("int8", 0.24, 0.30), ("fp16", 0.49, 0.52)])
+def test_quantized_prefix_bundle_shrinks_like_the_full_head(wide_head, to, low, high, tmp_path):
+    """int8: 1 byte per head weight plus a float scale per row (~0.25 of fp32, the cells alike);
+    fp16: half. The prefix bundle ends within 1 % of the full-head bundle quantized the same way."""
+    from edge_rnn.quantize import quantize
+
+    full, prefix = wide_head
+    _, q_full = quantize(full, to, out=tmp_path / "full", max_chars=120)
+    _, q_prefix = quantize(prefix, to, out=tmp_path / "prefix", max_chars=120)
+    assert low <= q_prefix["size"]["ratio"] <= high, q_prefix["size"]
+    assert q_prefix["size"]["bytes"] == pytest.approx(q_full["size"]["bytes"], rel=0.01)

@@ -17,70 +17,26 @@ descending, <pad> and <unk> included: an app filters them), optionally ``log_pro
 A bundle exported with the prefix-range head (ONNX, ``prefix_head=True``) orders its output ids
 alphabetically (``prefix_order``; vocab.json is written in that order) and takes one more input,
 ``range`` int32 ``[2]``: see ``edge_rnn.export.onnx`` and the manifest's ``export.prefix_head``.
+
+The names this contract shares with the exporters live in ``edge_rnn.export.contract`` (imported
+by both sides; re-exported here): this module calls the exporters, they never import it.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from edge_rnn import __version__
+from edge_rnn.export.contract import (  # noqa: F401  (re-exported: the bundle's public names)
+    FORMAT_VERSION, FORMATS, MANIFEST, METRICS, PRECISIONS, RANGE_INPUT, TEXT_RULES, VOCAB,
+    prefix_order, state_layout, state_names)
 from edge_rnn.io import EdgeRNNError, atomic_dir, sha256_file
-from edge_rnn.vocab import PAD, SYMBOLS, UNK, Vocab
+from edge_rnn.vocab import PAD, UNK, Vocab
 
 if TYPE_CHECKING:  # model.py imports MLX: a runtime that only reads bundles must not need it
     from edge_rnn.model import ModelConfig
-
-FORMAT_VERSION = 1
-MANIFEST, VOCAB = "manifest.json", "vocab.json"
-METRICS = "metrics.jsonl"  # edge_rnn.model.METRICS, repeated to keep MLX out of bundle reading
-RANGE_INPUT = "range"  # the prefix-range head's extra input
-FORMATS = ("onnx", "coreml")
-PRECISIONS = ("fp32", "fp16")
-
-# How an app must turn typed text into input symbols: what training saw (text8-style text).
-TEXT_RULES = {
-    "lowercase": "ascii",  # A-Z -> a-z only
-    "keep": "abcdefghijklmnopqrstuvwxyz",
-    "other_chars": "space",  # every other character (digits, accented letters...) becomes a space
-    "collapse_spaces": True,  # ... and runs of spaces become one
-    "leading_space": True,  # every training sequence starts with a space: feed one first
-    "symbols": SYMBOLS,  # symbol id = index; <pad> (0) is never typed
-}
-
-
-def state_names(config: ModelConfig) -> list[str]:
-    """Recurrent state tensors in contract order: per layer ``h`` first, then the memories."""
-    if config.cell in ("rnn", "gru"):
-        per_layer = ["h"]
-    elif config.cell in ("lstm", "cifg"):
-        per_layer = ["h", "c"]
-    else:  # Nested LSTM: one memory per depth
-        per_layer = ["h"] + [f"c{d}" for d in range(config.depth)]
-    return [f"l{layer}_{s}" for layer in range(config.layers) for s in per_layer]
-
-
-def prefix_order(words: Sequence[str]) -> list[int]:
-    """Exported id -> model id for a prefix-range head: <pad> and <unk> (0, 1) stay first, then
-    the words sorted. Sorted, the words starting with any prefix have consecutive ids, so one
-    ``[start, end)`` range names them all (Python's ``str`` order: a-z words sort as bytes)."""
-    return [0, 1] + sorted(range(2, len(words)), key=lambda k: words[k])
-
-
-def state_layout(config: ModelConfig) -> list[dict]:
-    """The state names with shape and meaning, for the manifest (an app allocates these)."""
-    def meaning(suffix: str) -> str:
-        if suffix == "h":
-            return "hidden output h (input to the next layer / the head)"
-        if suffix == "c":
-            return "LSTM memory c"
-        return f"Nested LSTM memory at depth {suffix[1:]} (c_{suffix[1:]})"
-
-    return [{"name": name, "dtype": "float32", "shape": ["batch", config.units],
-             "layer": int(name[1:name.index("_")]), "meaning": meaning(name.split("_", 1)[1])}
-            for name in state_names(config)]
-
 
 def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 3,
                   coreml_state: str = "io", precision: str = "fp32", force: bool = False,

@@ -24,7 +24,7 @@ mantissa would reorder close candidates and flush small probabilities to zero. T
 ``common::add_int16_cast`` (fp16 pipeline, iOS 17+) narrows ``topk`` indices to 16 bits, which
 wraps word ids above 65,535; it is always removed from the pipeline here.
 
-Only the Core ML paths import this module (``bundle.export_bundle`` and ``quantize`` import it
+Only the Core ML paths import this module (``bundle.export_bundle`` and ``coreml_quantize`` import it
 where they need it): coremltools costs ~0.8 s and prints warnings on Linux at import, and
 ``edge-rnn --help`` and the ONNX paths must stay fast and quiet.
 """
@@ -45,7 +45,7 @@ from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import Function, Program, types
 from coremltools.proto import FeatureTypes_pb2
 
-from edge_rnn.export.bundle import state_names
+from edge_rnn.export.contract import state_names
 from edge_rnn.io import EdgeRNNError
 
 if TYPE_CHECKING:  # model.py imports MLX; the annotations need not

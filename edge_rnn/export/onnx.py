@@ -28,7 +28,7 @@ filters them. Nothing is masked in the graph, so ``top_probs`` are true softmax 
 Prefix-range head (``prefix_head=True``, opt-in). On a small model the output layer *is* the
 keystroke (a 10,002 x 256 head is ~80 % of the bytes a step reads), and most of its rows are
 words the typed partial word already rules out. The exported output ids are therefore ordered
-alphabetically (``edge_rnn.export.bundle.prefix_order``: ids 0 and 1 stay <pad> and <unk>), so the
+alphabetically (``edge_rnn.export.contract.prefix_order``: ids 0 and 1 stay <pad> and <unk>), so the
 words starting with any prefix form one contiguous id range, and both graphs take one more input,
 ``range`` int32 ``[2]`` = ``[start, end)``: the rows whose logits are computed (the same range for
 every batch row). The app passes the range of its typed partial word, found by bisection over the
@@ -70,7 +70,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_rnn import __version__
-from edge_rnn.export.bundle import FORMAT_VERSION, RANGE_INPUT, prefix_order, state_names
+from edge_rnn.export.contract import FORMAT_VERSION, RANGE_INPUT, prefix_order, state_names
 from edge_rnn.io import EdgeRNNError, atomic_path
 from edge_rnn.model import RNNModel, dense_parameters
 
@@ -587,7 +587,7 @@ def fp16_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """fp16 storage, fp32 compute: each float initializer is stored float16 behind one ``Cast``
     to float32, which ONNX Runtime folds when the session loads, so a step costs what fp32 costs
     (CPUs without fp16 arithmetic), the head's softmax and top-k see fp32 logits and the state
-    inputs/outputs stay fp32 (see ``edge_rnn.quantize._onnx_fp16`` for why not onnxruntime's
+    inputs/outputs stay fp32 (see ``edge_rnn.export.onnx_quantize._onnx_fp16`` for why not onnxruntime's
     ``convert_float_to_float16``). Modifies ``model`` in place."""
     graph, casts = model.graph, []
     for init in [t for t in graph.initializer if t.data_type == TensorProto.FLOAT]:
