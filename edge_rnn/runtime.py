@@ -216,10 +216,9 @@ class ONNXBackend:
         # a keyboard has one core to spare
         self.options.intra_op_num_threads, self.options.inter_op_num_threads = threads, 1
         self.session = self._load(manifest["export"]["model"])
-        outputs = {o.name for o in self.session.get_outputs()}
-        self._has_log_probs = "log_probs" in outputs
-        # fixed fetch order, so a keystroke unpacks a list instead of building a dict
-        self._fetch = ["top_ids", "top_probs", "log_probs" if self._has_log_probs else "top_probs",
+        has_log_probs = "log_probs" in {o.name for o in self.session.get_outputs()}
+        # fixed fetch order, so a keystroke unpacks a list instead of building a dict; states last
+        self._fetch = ["top_ids", "top_probs", *(["log_probs"] if has_log_probs else []),
                        *(f"{name}_next" for name in self.state_names)]
         self._prefill = None  # loaded on first use: most sessions never need it
 
@@ -260,8 +259,9 @@ class ONNXBackend:
     def _run(self, session, feed: dict, prefix: str) -> tuple[StepOutput, list[np.ndarray]]:
         if self.prefix_head:
             feed["range"] = self.range(prefix)
-        top_ids, top_probs, log_probs, *new_state = session.run(self._fetch, feed)
-        return StepOutput(top_ids[0], top_probs[0], log_probs[0] if self._has_log_probs else None), new_state
+        out, n = session.run(self._fetch, feed), len(self.state_names)
+        log_probs = out[2][0] if len(out) > 2 + n else None
+        return StepOutput(out[0][0], out[1][0], log_probs), out[-n:]
 
 
 class Snapshot(NamedTuple):

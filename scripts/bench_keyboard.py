@@ -39,7 +39,7 @@ from edge_rnn.export.bundle import export_bundle
 from edge_rnn.keyboard import RunKeyboard, evaluate_keyboard, first_words
 from edge_rnn.model import load_preset
 from edge_rnn.quantize import quantize
-from edge_rnn.runtime import SYMBOL_ID, Session, open_session
+from edge_rnn.runtime import SYMBOL_ID, open_session
 from edge_rnn.train import TrainConfig, train
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -71,15 +71,16 @@ def progress(name: str):
 
 
 class TimedSession:
-    """An ONNX Runtime session that adds up the seconds its ``run`` calls take."""
+    """An ONNX Runtime session that counts its ``run`` calls and adds up the seconds they take."""
 
     def __init__(self, session):
-        self.session, self.seconds = session, 0.0
+        self.session, self.seconds, self.calls = session, 0.0, 0
 
     def run(self, *args, **kwargs):
         t0 = time.perf_counter()
         out = self.session.run(*args, **kwargs)
         self.seconds += time.perf_counter() - t0
+        self.calls += 1
         return out
 
 
@@ -112,31 +113,15 @@ def overhead(bundle: Path, text: str, n: int, rounds: int = 5, **options) -> dic
             session.type(ch)
             session.suggestions(3)
         full.append((time.perf_counter() - t0) / len(chars))
-        calls.append((backend.session.seconds / len(chars), backend._prefill.seconds / len(chars)))
+        calls.append((backend.session.seconds / len(chars), backend._prefill.seconds / len(chars),
+                      backend._prefill.calls))  # typing only, no backspace: every prefill is a restart
         backend.session, backend._prefill = graph, prefill
     step, typed = min(bare), min(full)
-    in_step, in_prefill = calls[full.index(typed)]
+    in_step, in_prefill, restarts = calls[full.index(typed)]
     python = typed - in_step - in_prefill
     return {"keystrokes": len(chars), "options": options, "step_ms": step * 1e3, "session_ms": typed * 1e3,
             "prefill_ms": in_prefill * 1e3, "python_ms": python * 1e3,
-            "overhead_ms": (typed - step) * 1e3, "overhead": (typed - step) / step,
-            "restarts": session_restarts(chars, session)}
-
-
-def session_restarts(chars: str, session: Session) -> int:
-    """How many observation restarts typing ``chars`` makes (prefill calls, counted once more)."""
-    count, rebuild = 0, session._rebuild
-
-    def counted(text: str) -> None:
-        nonlocal count
-        count += 1
-        rebuild(text)
-
-    session._rebuild = counted
-    session.reset()
-    session.type(chars)
-    del session._rebuild
-    return count
+            "overhead_ms": (typed - step) * 1e3, "overhead": (typed - step) / step, "restarts": restarts}
 
 
 def main() -> None:
