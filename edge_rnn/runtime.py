@@ -62,6 +62,7 @@ STACK_DEPTH = 64  # keystrokes a backspace can take back without a rebuild
 MAX_CHARS = 200  # the longest observation training saw (edge_rnn.data)
 WORD_ROOM = 16  # characters kept free for the next word when deciding to restart
 CONTEXT_CHARS = 30  # trailing whole words carried into a restarted observation (README: measured)
+SORT_BELOW = 32  # top_k_stable sorts this many scores outright (measured: 2 us vs 7 us at 15)
 
 
 def normalise(text: str) -> str:
@@ -135,11 +136,10 @@ def top_k_stable(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> n
     (default: the positions themselves, i.e. ``np.argsort(-scores, kind="stable")[:k]``). O(V), not
     O(V log V): a keystroke must not pay for sorting 10,000 words."""
     n = scores.size
-    if k < n:
-        cut = np.partition(scores, n - k)[n - k]  # the k-th largest value
-        positions = np.flatnonzero(scores >= cut)  # k or more (ties)
-    else:
-        positions = np.arange(n)
+    if n <= max(SORT_BELOW, k):  # a few candidates (3+ typed letters): one sort is cheaper than partitioning
+        return np.lexsort((np.arange(n) if ids is None else ids, -scores))[:k]
+    cut = np.partition(scores, n - k)[n - k]  # the k-th largest value
+    positions = np.flatnonzero(scores >= cut)  # k or more (ties)
     tie = positions if ids is None else ids[positions]
     return positions[np.lexsort((tie, -scores[positions]))[:k]]
 
@@ -415,7 +415,7 @@ class Session:
         """
         ids, probs = self.suggestion_ids(k)
         labels = self.backend.labels
-        return [(labels[i], float(p)) for i, p in zip(ids, probs)]
+        return [(labels[i], p) for i, p in zip(ids.tolist(), probs.tolist())]
 
 
 class WordIndex:
