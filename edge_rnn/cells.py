@@ -174,15 +174,14 @@ class CIFG(Cell):
         c = f * c + i * tanh(g)
         h = sigmoid(o) * tanh(c)
 
-    A forget bias of +1 means ``f = sigmoid(+1)`` at init, so the input gate's bias starts at -1.
+    Every bias starts at 0 (``f = i = 0.5``). The LSTM's forget bias +1 would be an input bias of
+    -1 here, and that stalls a two-layer CIFG near the unigram plateau: GRU-sized 2x128 on
+    WikiText-2, lr 1e-2, top-1 0.133 after 200 steps with it, 0.383 without (PyTorch 0.284);
+    ``tests/test_learning.py`` holds the seeded case.
     """
 
     gates = "igo"
     n_states = 2
-
-    def __init__(self, input_size: int, hidden_size: int):
-        super().__init__(input_size, hidden_size)
-        self._set_bias("i", -1.0)
 
     def recur(self, xp, state):
         h, c = state
