@@ -46,7 +46,7 @@ def train(
     corpus: str = typer.Option("text8", help="'text8' (downloaded once, checksum-verified, cached), 'demo' (built in, offline) or a path to a UTF-8 text file."),
     task: Optional[str] = typer.Option(None, help="'autocomplete' (predict the word being typed) or 'charlm' (next character, bits per char)."),
     steps: int = typer.Option(2000, help="Total optimisation steps (with --resume: the new total)."),
-    batch_size: int = typer.Option(64, help="Observations (of at most 200 characters) per step."),
+    batch_size: int = typer.Option(32, help="Observations (of at most 200 characters) per step."),
     lr: float = typer.Option(1e-2, help="Peak Adam learning rate of the schedule (linear warm-up, cosine decay to 10 %)."),
     clip: Optional[float] = typer.Option(None, help="Clip the global gradient norm to this value (off by default, as in the article)."),
     eval_every: int = typer.Option(250, help="Validate and checkpoint every N steps."),

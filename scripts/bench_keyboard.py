@@ -36,10 +36,10 @@ from edge_rnn import blas
 from edge_rnn.baselines import KneserNeyTrigram, PrefixFrequency, training_words
 from edge_rnn.data import encode_autocomplete, make_splits, normalise
 from edge_rnn.export.bundle import export_bundle
-from edge_rnn.keyboard import RunKeyboard, evaluate_keyboard, first_words
+from edge_rnn.keyboard import RunKeyboard, evaluate_keyboard, first_words, model_keyboard, relabel
 from edge_rnn.model import load_preset
 from edge_rnn.quantize import quantize
-from edge_rnn.runtime import SYMBOL_ID, open_session
+from edge_rnn.runtime import CONTEXT_CHARS, SYMBOL_ID, open_session
 from edge_rnn.train import TrainConfig, train
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -97,6 +97,14 @@ def overhead(bundle: Path, text: str, n: int, rounds: int = 5, **options) -> dic
     backend = session.backend
     graph = backend.session
     feeds = [{"char": np.array([SYMBOL_ID[c]], np.int32)} for c in chars]
+    if backend.prefix_head:  # the range of the word typed so far, as the session computes it
+        words = chars.split(" ")
+        typed = [w[:k + 1] for w in words for k in range(len(w))]  # one per letter
+        prefixes, it = [], iter(typed)
+        for c in chars:
+            prefixes.append("" if c == " " else next(it))
+        for feed, prefix in zip(feeds, prefixes):
+            feed["range"] = backend.range(prefix)
     prefill = backend._load(backend.manifest["export"]["prefill"]["file"])
     bare, full, calls = [], [], []
     for _ in range(rounds):
@@ -160,6 +168,8 @@ def main() -> None:
                   f"{final.get('top1', float('nan')):.2%}", flush=True)
         fp32 = export_bundle(run, tmp / "fp32", with_log_probs=True)
         int8, _ = quantize(fp32, "int8", tmp / "int8")
+        prefix = export_bundle(run, tmp / "fp32-prefix", prefix_head=True)
+        int8_prefix, _ = quantize(prefix, "int8", tmp / "int8-prefix")
         model = RunKeyboard(run)
         splits = make_splits(rest, "autocomplete", config.vocab_size)  # train's own split and vocabulary
         vocab = splits.vocab
@@ -174,6 +184,10 @@ def main() -> None:
                      "model: ONNX int8 bundle (Session)": open_session(int8, restart="continuous"),
                      **baselines}
         results = {name: evaluate_keyboard(k, test, progress(name)) for name, k in keyboards.items()}
+        for name, bundle in (("model: ONNX fp32 prefix-head bundle (Session)", prefix),
+                             ("model: ONNX int8 prefix-head bundle (Session)", int8_prefix)):
+            session, alphabetical, _ = model_keyboard(bundle)  # ids in the bundle's alphabetical order
+            results[name] = evaluate_keyboard(session, relabel(test, vocab, alphabetical), progress(name))
         stream_data = encode_autocomplete(stream, vocab, max_len=len(stream) + 2)  # one text field
         policies = {"restart=continuous": {"restart": "continuous"},
                     **{f"restart=observation, context {c}": {"restart": "observation", "context_chars": c}
@@ -181,7 +195,13 @@ def main() -> None:
         streaming = {f"model: fp32, {name}": open_session(fp32, **o) for name, o in policies.items()}
         stream_results = {name: evaluate_keyboard(k, stream_data, progress(name))
                           for name, k in {**streaming, **baselines}.items()}
-        costs = {name: overhead(fp32, stream, args.overhead_chars, **o) for name, o in policies.items()}
+        costs = {f"fp32 + log_probs, {name}": overhead(fp32, stream, args.overhead_chars, **o)
+                 for name, o in policies.items()}
+        default = f"restart=observation, context {CONTEXT_CHARS}"  # the runtime's default policy
+        policies.setdefault(default, {"restart": "observation", "context_chars": CONTEXT_CHARS})
+        for bundle_name, bundle in (("fp32 prefix head", prefix), ("int8 prefix head", int8_prefix)):
+            for name in ("restart=continuous", default):
+                costs[f"{bundle_name}, {name}"] = overhead(bundle, stream, args.overhead_chars, **policies[name])
 
     n = results["prefix frequency"]
     print(f"\nTest split: first {n['words']:,} words ({n['positions']:,} positions) of WikiText-2 "
@@ -196,9 +216,9 @@ def main() -> None:
     for name, r in stream_results.items():
         print(row(name, r))
     keystrokes = next(iter(costs.values()))["keystrokes"]
-    print(f"\nRuntime cost per keystroke (fp32 ONNX bundle with log_probs, ONNX Runtime 1 thread, the first "
+    print(f"\nRuntime cost per keystroke (ONNX Runtime 1 thread, the first "
           f"{keystrokes:,} keystrokes of the stream, best of 5 rounds)\n")
-    print("| session | bare step (ms) | Session.type + suggestions(3) (ms) | restart prefill (ms) | runtime's "
+    print("| bundle, session | bare step (ms) | Session.type + suggestions(3) (ms) | restart prefill (ms) | runtime's "
           "Python (ms) | overhead vs bare step | restarts |\n|---|---:|---:|---:|---:|---:|---:|")
     for name, c in costs.items():
         print(f"| {name} | {c['step_ms']:.3f} | {c['session_ms']:.3f} | {c['prefill_ms']:.3f} | "
