@@ -61,7 +61,7 @@ def quantize(source: Source, to: str, tmp: Path) -> dict:
     fragment = {"minimum_deployment_target": target, "specification_version": spec_version,
                 "precision": "fp16" if to == "fp16" else export.get("precision", "fp32")}
     if export.get("prefix_head"):
-        fragment["prefix_head"] = {**export["prefix_head"], "rows_stored": f"{method['dtype']} ({method['method']}), "
+        fragment["prefix_head"] = {**export["prefix_head"], "rows_stored": f"{to}: {method['dtype']} ({method['method']}), "
                                    "the constexpr op feeding slice_by_index; bias fp32"}
     return {"to": to, "source_precision": export.get("precision", "fp32"),
             "tool": f"coremltools {ct.__version__}", **method,
