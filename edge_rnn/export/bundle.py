@@ -63,6 +63,8 @@ def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 
         raise EdgeRNNError(f"{run_dir} holds MLX-quantized weights; export the fp32 run and "
                            "quantize the bundle (edge-rnn quantize BUNDLE)")
     model, vocab = load(run_dir)
+    if prefix_head and model.config.task != "autocomplete":  # before an exporter (coremltools) loads
+        raise EdgeRNNError("the prefix-range head needs an autocomplete model (its outputs are words)")
     labels = _output_labels(model.config, vocab, run_dir)
     words = labels.words if prefix_head else None
     with atomic_dir(out_dir, force=force) as tmp:
