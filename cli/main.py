@@ -214,7 +214,7 @@ def export(
     precision: str = typer.Option("fp32", help="fp32 or fp16 (Core ML: fp16 compute, head and softmax kept in fp32; ONNX: fp16 weights, fp32 compute and state)."),
     force: bool = typer.Option(False, help="Replace an existing non-empty output directory."),
     ort: bool = typer.Option(False, "--ort", help="ONNX only: also write the ORT format models (.ort) that ONNX Runtime Mobile loads and required_operators.config for a reduced ONNX Runtime build (onnxruntime's own converter), each .ort checked against its .onnx."),
-    prefix_head: bool = typer.Option(False, "--prefix-head", help="ONNX only: order the words alphabetically and compute only the rows of the typed prefix (a 'range' input); suggestions equal the full head's, probabilities are renormalised over the prefix. Without it the bundle also outputs log_probs over every word."),
+    prefix_head: bool = typer.Option(False, "--prefix-head", help="Order the words alphabetically and compute only the rows of the typed prefix (a 'range' input); suggestions equal the full head's, probabilities are renormalised over the prefix (Core ML: always top-k entries, ids >= the range's end are padding). Without it the bundle also outputs log_probs over every word."),
 ):
     """Export a trained model as an app bundle: step-function model, vocab.json, manifest.json."""
     from edge_rnn.export.bundle import export_bundle

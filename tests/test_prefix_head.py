@@ -181,8 +181,8 @@ def test_bad_combinations_are_one_line_errors(tmp_path):
         export_onnx(model, tmp_path / "a", prefix_head=True, words=["<pad>", "<unk>", *WORDS], with_log_probs=True)
     with pytest.raises(EdgeRNNError, match="output words"):
         export_onnx(model, tmp_path / "b", prefix_head=True)
-    with pytest.raises(EdgeRNNError, match="ONNX"):
-        export_bundle(tmp_path / "run", tmp_path / "c", fmt="coreml", prefix_head=True)
+    with pytest.raises(EdgeRNNError, match="ONNX"):  # Core ML has the head (test_coreml_prefix_head), not .ort
+        export_bundle(tmp_path / "run", tmp_path / "c", fmt="coreml", prefix_head=True, ort_format=True)
     charlm = RNNModel(ModelConfig(cell="gru", units=8, embed_dim=4, task="charlm"))
     with pytest.raises(EdgeRNNError, match="autocomplete"):
         export_onnx(charlm, tmp_path / "d", prefix_head=True, words=["x"] * 28)

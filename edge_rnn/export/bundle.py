@@ -14,9 +14,10 @@ every recurrent state ``float32 [batch, H]`` in ``state_names`` order. Outputs: 
 descending, <pad> and <unk> included: an app filters them), optionally ``log_probs`` float32
 ``[batch, V]``, then each next state as ``<state name>_next`` in the same order.
 
-A bundle exported with the prefix-range head (ONNX, ``prefix_head=True``) orders its output ids
-alphabetically (``prefix_order``; vocab.json is written in that order) and takes one more input,
-``range`` int32 ``[2]``: see ``edge_rnn.export.onnx`` and the manifest's ``export.prefix_head``.
+A bundle exported with the prefix-range head (``prefix_head=True``, ONNX or Core ML) orders its
+output ids alphabetically (``prefix_order``; vocab.json is written in that order) and takes one
+more input, ``range`` int32 ``[2]``: see ``edge_rnn.export.onnx``, ``edge_rnn.export.coreml`` (whose
+outputs keep ``top_k`` entries, padding marked) and the manifest's ``export.prefix_head``.
 
 The names this contract shares with the exporters live in ``edge_rnn.export.contract`` (imported
 by both sides; re-exported here): this module calls the exporters, they never import it.
@@ -45,7 +46,7 @@ def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 
 
     The bundle is built in a temporary sibling folder and renamed into place only when complete,
     so a failure at any point leaves no half bundle (and an existing one untouched).
-    ``prefix_head`` (ONNX only): the prefix-range head, vocab.json in its alphabetical order.
+    ``prefix_head``: the prefix-range head, vocab.json in its alphabetical order.
     ``ort_format`` (ONNX only): also ``.ort`` models for ONNX Runtime Mobile and the operator list
     of a reduced build (``edge_rnn.export.ort_format``).
     """
@@ -57,13 +58,13 @@ def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 
         raise EdgeRNNError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if ort_format and fmt != "onnx":
         raise EdgeRNNError("the ORT format is for ONNX bundles only (--format onnx)")
-    if prefix_head and fmt != "onnx":
-        raise EdgeRNNError("the prefix-range head is built for ONNX bundles only (--format onnx)")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if (run_dir / QUANTIZATION).is_file():
         raise EdgeRNNError(f"{run_dir} holds MLX-quantized weights; export the fp32 run and "
                            "quantize the bundle (edge-rnn quantize BUNDLE)")
     model, vocab = load(run_dir)
+    if prefix_head and model.config.task != "autocomplete":  # before an exporter (coremltools) loads
+        raise EdgeRNNError("the prefix-range head needs an autocomplete model (its outputs are words)")
     labels = _output_labels(model.config, vocab, run_dir)
     words = labels.words if prefix_head else None
     with atomic_dir(out_dir, force=force) as tmp:
@@ -99,7 +100,7 @@ def _output_labels(config: ModelConfig, vocab: Vocab | None, run_dir: Path) -> V
 def _export_model(model, out: Path, fmt: str, top_k: int, coreml_state: str, precision: str,
                   with_log_probs: bool, words: list[str] | None = None, ort_format: bool = False) -> dict:
     """Write the model files for one target; imports each exporter only when it is used.
-    ``words`` asks for the prefix-range head (ONNX)."""
+    ``words`` asks for the prefix-range head."""
     if fmt == "onnx":
         from edge_rnn.export.onnx import export_onnx
 
@@ -108,7 +109,7 @@ def _export_model(model, out: Path, fmt: str, top_k: int, coreml_state: str, pre
     from edge_rnn.export.coreml import export_coreml
 
     return export_coreml(model, out, top_k=top_k, state=coreml_state, precision=precision,
-                         with_log_probs=with_log_probs)
+                         with_log_probs=with_log_probs, prefix_head=words is not None, words=words)
 
 
 def _manifest(config: ModelConfig, fmt: str, top_k: int, fragment: dict, run_dir: Path) -> dict:

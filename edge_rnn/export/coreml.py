@@ -24,6 +24,32 @@ mantissa would reorder close candidates and flush small probabilities to zero. T
 ``common::add_int16_cast`` (fp16 pipeline, iOS 17+) narrows ``topk`` indices to 16 bits, which
 wraps word ids above 65,535; it is always removed from the pipeline here.
 
+Prefix-range head (``prefix_head=True``, opt-in; the Core ML twin of ``edge_rnn.export.onnx``'s,
+read that module's docstring first). The output ids are ordered alphabetically
+(``edge_rnn.export.contract.prefix_order``; vocab.json in that order), the head weight is stored
+``(V, H)`` in that order, and the program takes one more input, ``range`` int32 ``[2]`` =
+``[start, end)`` (after the states): the app's bisection of the typed partial word, ``[2, V)`` at a
+word boundary. Then
+
+    rows, bias = slice_by_index(W, [start, 0], [end, H]), slice_by_index(b, start, end)
+    logits = matmul(h, rows^T) + bias                    # [1, end - start]: a dynamic shape
+    padded = pad(logits, top_k columns of PAD_LOGIT)     # topk's k must be a constant in MIL
+    top_probs, idx = topk(softmax(padded), top_k);  top_ids = start + idx
+    top_probs = select(top_ids < end, top_probs, 0)
+
+MIL's ``topk`` takes ``k`` only as a constant (every opset up to iOS 18), so unlike ONNX the
+outputs always hold ``top_k`` entries: the first ``min(top_k, end - start)`` are the range's best,
+the rest are padding, marked by ``top_ids >= end`` and ``top_probs == 0`` (an empty range gives
+``top_k`` padding entries; the state still advances). The padding columns' logit ``PAD_LOGIT``
+makes their softmax weight exactly 0 beside any real logit, so ``top_probs`` are the softmax over
+the range alone, P(word | word starts with the prefix), in the full model's order. One caveat: a
+real word whose range probability underflows to 0 in float32 (below ~1e-45) ties with the
+padding and may be ordered after it; an app drops every entry with ``top_ids >= end`` anyway.
+The recurrent update never reads ``range``. ``log_probs`` cannot be combined with it. The head's
+shapes depend on the range, so Core ML cannot run it on the Neural Engine with static shapes;
+what it costs on a device is not measured here (Linux cannot run Core ML). ``coreml_quantize``
+stores the rows compressed, feeding the slice (``constexpr_*`` -> ``slice_by_index``).
+
 Only the Core ML paths import this module (``bundle.export_bundle`` and ``coreml_quantize`` import it
 where they need it): coremltools costs ~0.8 s and prints warnings on Linux at import, and
 ``edge-rnn --help`` and the ONNX paths must stay fast and quiet.
@@ -37,7 +63,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import coremltools as ct
 import numpy as np
@@ -45,7 +71,7 @@ from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import Function, Program, types
 from coremltools.proto import FeatureTypes_pb2
 
-from edge_rnn.export.contract import state_names
+from edge_rnn.export.contract import RANGE_INPUT, prefix_order, state_names
 from edge_rnn.io import EdgeRNNError
 
 if TYPE_CHECKING:  # model.py imports MLX; the annotations need not
@@ -56,6 +82,9 @@ PRECISIONS = ("fp32", "fp16")
 MODEL_FILE = "model.mlpackage"
 HEAD = "head_"  # name prefix of the ops kept in fp32 under fp16 precision
 ANE_MULTIPLE = 32  # Neural Engine state dims (coremltools #2631)
+# Prefix-range head: the logit of the top_k padding columns. exp(PAD_LOGIT - m) is exactly 0 in
+# float32 for any real logit m, and PAD_LOGIT - m stays finite (no -inf - -inf = NaN).
+PAD_LOGIT = -1e30
 
 Params = dict[str, np.ndarray]
 
@@ -185,6 +214,34 @@ def _head(params: Params, h, top_k: int, with_log_probs: bool) -> list:
     return outputs
 
 
+def _range_head(params: Params, h, top_k: int, order: np.ndarray, bounds) -> list:
+    """The prefix-range head (module docstring): logits, softmax and top-k over rows ``range``.
+
+    ``order`` maps exported ids to the model's (``prefix_order``); ``bounds`` is the ``range``
+    input. The weight is stored once, ``(V, H)`` in that order, as the const that ``slice_by_index``
+    reads (compression puts its ``constexpr_*`` there). ``matmul``, not ``linear``: MIL's ``linear``
+    takes only a constant weight. Every op is named ``head_*`` so fp16 leaves it fp32.
+    """
+    W, b = params["head.weight"][order], params["head.bias"][order]  # (V, H), (V,)
+    weight = mb.const(val=W, name=HEAD + "weight")
+    start, end = mb.split(x=bounds, num_splits=2, axis=0, name=HEAD + "range")  # each [1]
+    zero = np.zeros(1, np.int32)
+    rows = mb.slice_by_index(x=weight, begin=mb.concat(values=[start, zero], axis=0, name=HEAD + "begin"),
+                             end=mb.concat(values=[end, zero], axis=0, name=HEAD + "end"),
+                             end_mask=[False, True], name=HEAD + "rows")
+    bias = mb.slice_by_index(x=b, begin=start, end=end, name=HEAD + "bias_rows")
+    logits = mb.add(x=mb.matmul(x=h, y=rows, transpose_y=True, name=HEAD + "matmul"), y=bias,
+                    name=HEAD + "logits")
+    padded = mb.pad(x=logits, pad=np.array([0, 0, 0, top_k], np.int32), mode="constant",
+                    constant_val=np.float32(PAD_LOGIT), name=HEAD + "padded")
+    probs = mb.softmax(x=padded, axis=-1, name=HEAD + "softmax")
+    top_probs, idx = mb.topk(x=probs, k=top_k, axis=-1, ascending=False, name=HEAD + "topk")
+    top_ids = mb.add(x=idx, y=start, name=HEAD + "ids")
+    real = mb.less(x=top_ids, y=end, name=HEAD + "real")  # padding: ids >= end
+    top_probs = mb.select(cond=real, a=top_probs, b=np.float32(0.0), name=HEAD + "top_probs")
+    return [_named(top_ids, "top_ids"), _named(top_probs, "top_probs")]
+
+
 def _named(var, name: str):
     var.name = name
     return var
@@ -223,8 +280,10 @@ def _write_states(state_vars: list, new_values: list, names: list[str], state: s
     return []
 
 
-def _build_program(model: RNNModel, top_k: int, state: str, with_log_probs: bool):
-    """A fresh MIL program for one ``ct.convert`` (which mutates the program it is given)."""
+def _build_program(model: RNNModel, top_k: int, state: str, with_log_probs: bool,
+                   order: np.ndarray | None = None):
+    """A fresh MIL program for one ``ct.convert`` (which mutates the program it is given);
+    ``order``: the prefix-range head over outputs in that order, ``range`` the last input."""
 
     cfg, params = model.config, _numpy_params(model)
     names = state_names(cfg)
@@ -234,6 +293,8 @@ def _build_program(model: RNNModel, top_k: int, state: str, with_log_probs: bool
     else:
         state_specs = [mb.StateTensorSpec((1, H), dtype=types.fp16) for _ in names]
     specs = {"char": mb.TensorSpec((1,), dtype=types.int32), **dict(zip(names, state_specs))}
+    if order is not None:
+        specs[RANGE_INPUT] = mb.TensorSpec((2,), dtype=types.int32)
     opset = ct.target.iOS15 if state == "io" else ct.target.iOS18
     with Function(specs, opset_version=opset) as func:
         state_vars = [func.inputs[n] for n in names]
@@ -244,7 +305,10 @@ def _build_program(model: RNNModel, top_k: int, state: str, with_log_probs: bool
             layer_state = cell(_layer_params(params, layer), x, tuple(values[layer * n:(layer + 1) * n]))
             x = layer_state[0]  # h: the next layer's input, and the head's after the last layer
             new_values += layer_state
-        outputs = _head(params, x, top_k, with_log_probs)
+        if order is None:
+            outputs = _head(params, x, top_k, with_log_probs)
+        else:
+            outputs = _range_head(params, x, top_k, order, func.inputs[RANGE_INPUT])
         outputs += _write_states(state_vars, new_values, names, state)
         func.set_outputs(outputs)
     prog = Program()
@@ -268,6 +332,20 @@ def _check_args(model: RNNModel, top_k: int, state: str, precision: str) -> None
                       "(coremltools #2631); the model will fall back to GPU/CPU", stacklevel=3)
 
 
+def _prefix_order_for(config: ModelConfig, words: Sequence[str] | None, with_log_probs: bool) -> np.ndarray | None:
+    """The exported id order of a prefix-range head, after checking it can be built (as ONNX's)."""
+    if words is None:
+        return None
+    if config.task != "autocomplete":
+        raise EdgeRNNError("the prefix-range head needs an autocomplete model (its outputs are words)")
+    if with_log_probs:
+        raise EdgeRNNError("the prefix-range head computes only the rows of the typed prefix; "
+                           "it cannot also output log_probs over every word")
+    if len(words) != config.n_outputs:
+        raise EdgeRNNError(f"{len(words)} output words for a model with {config.n_outputs} outputs")
+    return np.array(prefix_order(words))
+
+
 def _convert(prog, state: str, precision: str):
     """``ct.convert`` the MIL program; fp16 leaves ``head_*`` ops in fp32 and never narrows top-k ids."""
 
@@ -282,7 +360,8 @@ def _convert(prog, state: str, precision: str):
                       compute_precision=compute, pass_pipeline=pipeline, skip_model_load=True)
 
 
-def _describe(mlmodel, config: ModelConfig, top_k: int, state: str, precision: str, names: list[str]) -> None:
+def _describe(mlmodel, config: ModelConfig, top_k: int, state: str, precision: str, names: list[str],
+              prefix_head: bool = False) -> None:
     """Descriptions an Xcode user sees, and the JSON metadata an app reads to drive the model."""
     from edge_rnn import __version__
 
@@ -294,6 +373,12 @@ def _describe(mlmodel, config: ModelConfig, top_k: int, state: str, precision: s
     out = {"top_ids": f"the {top_k} most probable output ids, best first",
            "top_probs": "their probabilities (softmax over all outputs)",
            "log_probs": "log-softmax over all outputs"}
+    if prefix_head:
+        mlmodel.input_description[RANGE_INPUT] = ("[start, end) of the output ids to rank (the words "
+                                                  "starting with the typed prefix); [2, V) at a word boundary")
+        out["top_ids"] = (f"the {top_k} most probable ids of the range, best first; ids >= end are "
+                          "padding (fewer than top_k words in the range)")
+        out["top_probs"] = "their probabilities, softmax over the range only; 0 for padding"
     for n in names:
         if state == "io":
             mlmodel.input_description[n] = f"recurrent state {n} (zeros at the start of a text)"
@@ -305,7 +390,8 @@ def _describe(mlmodel, config: ModelConfig, top_k: int, state: str, precision: s
         s.shortDescription = f"recurrent state {s.name} (fp16; zeros at the start of a text)"
     meta = {"cell": config.cell, "layers": config.layers, "units": config.units, "depth": config.depth,
             "embed_dim": config.embed_dim, "n_outputs": config.n_outputs, "task": config.task,
-            "top_k": top_k, "state_form": state, "precision": precision, "state_names": names}
+            "top_k": top_k, "state_form": state, "precision": precision, "state_names": names,
+            "prefix_head": prefix_head}
     # strings as they are, numbers and lists as JSON (so ``json.loads`` reads every non-string value)
     mlmodel.user_defined_metadata.update({k: v if isinstance(v, str) else json.dumps(v)
                                           for k, v in meta.items()})
@@ -339,7 +425,8 @@ def _io_entries(spec_features) -> list[dict]:
 
 
 def export_coreml(model: RNNModel, out_dir: Path, top_k: int = 3, state: str = "io", precision: str = "fp32",
-                  with_log_probs: bool = False) -> dict:
+                  with_log_probs: bool = False, *, prefix_head: bool = False,
+                  words: Sequence[str] | None = None) -> dict:
     """Write ``out_dir/model.mlpackage`` (one keystroke per call) and return its manifest fragment.
 
     ``state``: ``"io"`` (state tensors as inputs/outputs, iOS 15+) or ``"mlstate"`` (Core ML states,
@@ -351,14 +438,21 @@ def export_coreml(model: RNNModel, out_dir: Path, top_k: int = 3, state: str = "
     runs on CPU/GPU, but Core ML states of such sizes are reported not to run on the Neural Engine
     (coremltools #2631), which is what a keyboard wants for latency and battery. It is a deployment
     concern, not an error, and small test models need not follow it.
+
+    ``prefix_head`` needs ``words``, the output words in the model's id order; the exported ids
+    are then ``prefix_order(words)`` (the caller writes the vocabulary in that order) and the
+    program takes ``range`` (module docstring).
     """
     _check_args(model, top_k, state, precision)
+    if prefix_head and words is None:
+        raise EdgeRNNError("the prefix-range head needs the output words (to sort them)")
+    order = _prefix_order_for(model.config, words if prefix_head else None, with_log_probs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prog = _build_program(model, top_k, state, with_log_probs)
+    prog = _build_program(model, top_k, state, with_log_probs, order)
     mlmodel = _convert(prog, state, precision)
     names = state_names(model.config)
-    _describe(mlmodel, model.config, top_k, state, precision, names)
+    _describe(mlmodel, model.config, top_k, state, precision, names, prefix_head)
     _save(mlmodel, out_dir / MODEL_FILE)
     desc = mlmodel.get_spec().description
     return {
@@ -374,4 +468,24 @@ def export_coreml(model: RNNModel, out_dir: Path, top_k: int = 3, state: str = "
         "specification_version": mlmodel.get_spec().specificationVersion,
         "precision": precision,
         "top_k": top_k,
+        "prefix_head": _prefix_head_fragment(model.config, top_k) if prefix_head else False,
+    }
+
+
+def _prefix_head_fragment(config: ModelConfig, top_k: int) -> dict:
+    """What an app must know to drive the prefix-range head (module docstring); the keys of
+    ONNX's fragment, plus how the fixed-k outputs mark padding."""
+    return {
+        "input": RANGE_INPUT, "dtype": "int32", "shape": [2],
+        "order": "alphabetical: ids 0 and 1 are <pad> and <unk>, then the words sorted (vocab.json)",
+        "word_boundary_range": [2, config.n_outputs],
+        "range_rule": "[bisect_left(words, p), bisect_left(words, p + '{')) + 2 over the sorted "
+                      "words vocab.json[2:], p the typed part of the current word; empty p: every word",
+        "top_probs": "softmax over the range only: P(word | word in range)",
+        "top_k": f"always {top_k} entries (MIL's topk takes a constant k): the first "
+                 "min(top_k, end - start) are the range's best, the rest padding",
+        "padding": "entries with top_ids >= range[1] (end) are padding, their top_probs exactly 0; "
+                   "an empty range gives only padding (the state still advances)",
+        "rows": "slice_by_index of the head weight (V, H) by the range, then matmul: the head's "
+                "shapes follow the range (dynamic); their cost on a device is not measured",
     }

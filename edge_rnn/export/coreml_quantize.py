@@ -12,6 +12,14 @@ Tensors under coremltools' ``weight_threshold`` (2,048 elements) stay as they ar
 the small embedding table, whose ``<pad>`` row is all zeros, out of per-channel scaling.
 Any compression raises the minimum OS to at least iOS 16; the manifest says so.
 
+A prefix-range head bundle (``export --format coreml --prefix-head``) keeps its head weight as the
+one ``(V, H)`` const that ``slice_by_index`` reads (``edge_rnn.export.coreml._range_head``): each
+method above stores it compressed, the ``constexpr_*`` op feeding the slice, with the same axes as
+the full head's ``linear`` weight (per word for int8, blocks of 32 along H for int4; coremltools
+picks axis 0 as the output channel of any op but matmul/conv), so its rows are the full-head
+twin's rows, reordered. The 1-D bias stays fp32 in both (coremltools does not compress 1-D
+tensors). The check feeds the range ``[0, V)``: the softmax over every output.
+
 The accuracy check (``edge_rnn.quantize_check``) runs both saved programs in the NumPy MIL
 evaluator through ``chunks`` (Core ML itself runs only on macOS). coremltools is imported inside
 the functions: it is slow and noisy to import on Linux.
@@ -26,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from edge_rnn.data import Dataset
-from edge_rnn.export.contract import VOCAB
+from edge_rnn.export.contract import RANGE_INPUT, VOCAB
 from edge_rnn.io import quiet_logs
 from edge_rnn.quantize_check import LISTED_ELEMENTS, STEP_BATCH, Chunks, Source, stream
 
@@ -50,12 +58,16 @@ def quantize(source: Source, to: str, tmp: Path) -> dict:
     shutil.copy2(source.path / VOCAB, tmp / VOCAB)
     target = "iOS18" if ios18 else "iOS16"
     spec_version = compressed.get_spec().specificationVersion
+    fragment = {"minimum_deployment_target": target, "specification_version": spec_version,
+                "precision": "fp16" if to == "fp16" else export.get("precision", "fp32")}
+    if export.get("prefix_head"):
+        fragment["prefix_head"] = {**export["prefix_head"], "rows_stored": f"{to}: {method['dtype']} ({method['method']}), "
+                                   "the constexpr op feeding slice_by_index; bias fp32"}
     return {"to": to, "source_precision": export.get("precision", "fp32"),
             "tool": f"coremltools {ct.__version__}", **method,
             "minimum_deployment_target": target,
             "tensors": _coreml_tensor_report(tmp / MODEL_FILE),
-            "export": {"minimum_deployment_target": target, "specification_version": spec_version,
-                       "precision": "fp16" if to == "fp16" else export.get("precision", "fp32")}}
+            "export": fragment}
 
 
 def _load_mlmodel(path: Path):
@@ -120,17 +132,22 @@ def _head_weights_pass():
     from edge_rnn.export.coreml import HEAD
 
     class HeadWeightsFP16(AbstractGraphPass):
-        """Each fp32 const weight of a ``head_*`` linear becomes ``constexpr_cast(fp16 -> fp32)``."""
+        """Each fp32 const weight matrix of the head becomes ``constexpr_cast(fp16 -> fp32)``: the
+        ``weight`` of a ``head_*`` linear (full head), the ``x`` of a ``head_*`` slice_by_index
+        (the prefix-range head's rows; its 1-D bias stays fp32, as the full head's does)."""
+
+        WEIGHT_INPUTS = {"linear": "weight", "slice_by_index": "x"}
 
         def apply(self, prog):
             for func in prog.functions.values():
                 for op in list(func.operations):
-                    if op.op_type == "linear" and op.name.startswith(HEAD) and op.weight.val is not None:
-                        self._cast(func, op)
+                    name = self.WEIGHT_INPUTS.get(op.op_type)
+                    weight = getattr(op, name) if name and op.name.startswith(HEAD) else None
+                    if weight is not None and weight.val is not None and weight.rank == 2:
+                        self._cast(func, op, weight)
 
         @staticmethod
-        def _cast(func, op) -> None:
-            weight = op.weight
+        def _cast(func, op, weight) -> None:
             with func:
                 fp16 = mb.constexpr_cast(source_val=weight.val.astype(np.float16), output_dtype="fp32",
                                          before_op=op, name=f"{op.name}_weight_fp16")
@@ -186,7 +203,10 @@ def chunks(bundle: Path, data: Dataset, manifest: dict) -> Chunks:
 
     program = MILProgram.load(bundle / MODEL_FILE)
     probs = HEAD + "softmax"
-    names = [n for n in program.inputs if n != "char"]
+    n_outputs = manifest["model"]["n_outputs"]
+    # a prefix-range head ranks the range [0, V): its softmax is the full one, then top_k padding columns
+    extra = {RANGE_INPUT: np.array([0, n_outputs], np.int32)} if RANGE_INPUT in program.inputs else {}
+    names = [n for n in program.inputs if n not in ("char", RANGE_INPUT)]
 
     def start(b: int):
         if program.states:
@@ -195,10 +215,10 @@ def chunks(bundle: Path, data: Dataset, manifest: dict) -> Chunks:
 
     def step(chars, state):
         if program.states:
-            out = program.predict({"char": chars}, state, batch=True, extra_outputs=(probs,))
-            return out[probs], state
-        out = program.predict({"char": chars, **state}, batch=True, extra_outputs=(probs,))
-        return out[probs], {n: out[f"{n}_next"] for n in names}
+            out = program.predict({"char": chars, **extra}, state, batch=True, extra_outputs=(probs,))
+            return out[probs][:, :n_outputs], state
+        out = program.predict({"char": chars, **state, **extra}, batch=True, extra_outputs=(probs,))
+        return out[probs][:, :n_outputs], {n: out[f"{n}_next"] for n in names}
 
     yield from stream(data, STEP_BATCH, step, start)
 

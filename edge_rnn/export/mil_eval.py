@@ -265,6 +265,15 @@ def _slice_by_size(x, begin, size, **_):
     return np.asarray(x)[index]
 
 
+def _pad(x, pad, mode="constant", constant_val=0.0, **_):
+    """``pad[2i], pad[2i+1]``: elements before and after axis i (the last ``len(pad) // 2`` axes)."""
+    if str(mode) != "constant":
+        raise UnsupportedOpError(f"pad with mode={mode!r} is not implemented")
+    x, widths = np.asarray(x), np.ravel(pad).astype(int).reshape(-1, 2)
+    widths = np.concatenate([np.zeros((x.ndim - len(widths), 2), int), widths])
+    return np.pad(x, widths, mode="constant", constant_values=np.asarray(constant_val).item())
+
+
 def _concat(values, axis, interleave=False, **_):
     if bool(interleave):
         raise UnsupportedOpError("concat with interleave=True is not implemented")
@@ -419,6 +428,7 @@ OPS: dict[str, OpFn] = {
     "slice_by_index": _slice_by_index,
     "slice_by_size": _slice_by_size,
     "concat": _concat,
+    "pad": _pad,
     "reshape": _reshape,
     "expand_dims": _expand_dims,
     "squeeze": _squeeze,
