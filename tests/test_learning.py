@@ -22,22 +22,31 @@ def splits():
     return make_splits(demo_corpus(n_sentences=3000, seed=1), "autocomplete", 400)
 
 
-def valid_ce(splits, old: bool, steps: int = 100) -> float:
-    """Train a 2-layer tiny GRU the way ``edge_rnn.train`` does; ``old``: the pre-issue-14 init."""
-    cfg = ModelConfig(cell="gru", layers=2, units=64, embed_dim=16, vocab_size=len(splits.vocab) - 2)
-    config = TrainConfig(steps=steps, batch_size=16, lr=1e-2, schedule="constant", adam_bias_correction=not old)
+def trained_ce(splits, cfg: ModelConfig, config: TrainConfig, prepare=lambda model: None) -> float:
+    """Valid cross-entropy after training ``cfg`` the way ``edge_rnn.train`` does (seeded);
+    ``prepare`` changes the fresh model's initialisation first."""
     mx.random.seed(0)
     model = RNNModel(cfg)
-    if old:
-        model.embedding = model.embedding / cfg.embed_dim**0.5
+    prepare(model)
     optimizer = make_optimizer(config)
     optimizer.init(model.trainable_parameters())
     step_fn = make_step(model, optimizer, None)
-    for step in range(1, steps + 1):
+    for step in range(1, config.steps + 1):
         ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
         optimizer.learning_rate = schedule.learning_rate(config, step)
         step_fn(mx.array(ids), mx.array(targets))
     return evaluate(model, splits.valid, 64)["ce"]
+
+
+def valid_ce(splits, old: bool, steps: int = 100) -> float:
+    """Train a 2-layer tiny GRU; ``old``: the pre-issue-14 init."""
+    cfg = ModelConfig(cell="gru", layers=2, units=64, embed_dim=16, vocab_size=len(splits.vocab) - 2)
+    config = TrainConfig(steps=steps, batch_size=16, lr=1e-2, schedule="constant", adam_bias_correction=not old)
+
+    def old_embedding(model):
+        if old:
+            model.embedding = model.embedding / cfg.embed_dim**0.5
+    return trained_ce(splits, cfg, config, old_embedding)
 
 
 def test_embedding_rows_start_at_unit_variance_per_dimension():
@@ -75,18 +84,11 @@ def cifg_valid_ce(splits, input_bias: float, steps: int = 100) -> float:
     """Train a 2-layer tiny CIFG like ``valid_ce``, its input-gate bias set to ``input_bias``."""
     cfg = ModelConfig(cell="cifg", layers=2, units=64, embed_dim=16, vocab_size=len(splits.vocab) - 2)
     config = TrainConfig(steps=steps, batch_size=16, lr=1e-2, schedule="constant")
-    mx.random.seed(0)
-    model = RNNModel(cfg)
-    for cell in model.layers:
-        cell._set_bias("i", input_bias)
-    optimizer = make_optimizer(config)
-    optimizer.init(model.trainable_parameters())
-    step_fn = make_step(model, optimizer, None)
-    for step in range(1, steps + 1):
-        ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
-        optimizer.learning_rate = schedule.learning_rate(config, step)
-        step_fn(mx.array(ids), mx.array(targets))
-    return evaluate(model, splits.valid, 64)["ce"]
+
+    def set_bias(model):
+        for cell in model.layers:
+            cell._set_bias("i", input_bias)
+    return trained_ce(splits, cfg, config, set_bias)
 
 
 def test_two_layer_cifg_learns_with_its_default_biases_what_the_old_input_bias_does_not(splits):

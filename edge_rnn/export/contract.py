@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
+
+from edge_rnn.io import EdgeRNNError
 from edge_rnn.vocab import SYMBOLS
 
 if TYPE_CHECKING:  # model.py imports MLX: a runtime that only reads bundles must not need it
@@ -54,6 +57,21 @@ def prefix_order(words: Sequence[str]) -> list[int]:
     the words sorted. Sorted, the words starting with any prefix have consecutive ids, so one
     ``[start, end)`` range names them all (Python's ``str`` order: a-z words sort as bytes)."""
     return [0, 1] + sorted(range(2, len(words)), key=lambda k: words[k])
+
+
+def checked_prefix_order(config: ModelConfig, words: Sequence[str] | None, with_log_probs: bool) -> np.ndarray | None:
+    """``prefix_order(words)`` after checking a prefix-range head can be built (every exporter's
+    rule); None when no prefix head is asked for (``words`` None)."""
+    if words is None:
+        return None
+    if config.task != "autocomplete":
+        raise EdgeRNNError("the prefix-range head needs an autocomplete model (its outputs are words)")
+    if with_log_probs:
+        raise EdgeRNNError("the prefix-range head computes only the rows of the typed prefix; "
+                           "it cannot also output log_probs over every word")
+    if len(words) != config.n_outputs:
+        raise EdgeRNNError(f"{len(words)} output words for a model with {config.n_outputs} outputs")
+    return np.array(prefix_order(words))
 
 
 def state_layout(config: ModelConfig) -> list[dict]:

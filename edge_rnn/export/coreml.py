@@ -71,7 +71,7 @@ from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import Function, Program, types
 from coremltools.proto import FeatureTypes_pb2
 
-from edge_rnn.export.contract import RANGE_INPUT, prefix_order, state_names
+from edge_rnn.export.contract import RANGE_INPUT, checked_prefix_order, state_names
 from edge_rnn.io import EdgeRNNError
 
 if TYPE_CHECKING:  # model.py imports MLX; the annotations need not
@@ -332,20 +332,6 @@ def _check_args(model: RNNModel, top_k: int, state: str, precision: str) -> None
                       "(coremltools #2631); the model will fall back to GPU/CPU", stacklevel=3)
 
 
-def _prefix_order_for(config: ModelConfig, words: Sequence[str] | None, with_log_probs: bool) -> np.ndarray | None:
-    """The exported id order of a prefix-range head, after checking it can be built (as ONNX's)."""
-    if words is None:
-        return None
-    if config.task != "autocomplete":
-        raise EdgeRNNError("the prefix-range head needs an autocomplete model (its outputs are words)")
-    if with_log_probs:
-        raise EdgeRNNError("the prefix-range head computes only the rows of the typed prefix; "
-                           "it cannot also output log_probs over every word")
-    if len(words) != config.n_outputs:
-        raise EdgeRNNError(f"{len(words)} output words for a model with {config.n_outputs} outputs")
-    return np.array(prefix_order(words))
-
-
 def _convert(prog, state: str, precision: str):
     """``ct.convert`` the MIL program; fp16 leaves ``head_*`` ops in fp32 and never narrows top-k ids."""
 
@@ -446,7 +432,7 @@ def export_coreml(model: RNNModel, out_dir: Path, top_k: int = 3, state: str = "
     _check_args(model, top_k, state, precision)
     if prefix_head and words is None:
         raise EdgeRNNError("the prefix-range head needs the output words (to sort them)")
-    order = _prefix_order_for(model.config, words if prefix_head else None, with_log_probs)
+    order = checked_prefix_order(model.config, words if prefix_head else None, with_log_probs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prog = _build_program(model, top_k, state, with_log_probs, order)

@@ -70,7 +70,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_rnn import __version__
-from edge_rnn.export.contract import FORMAT_VERSION, RANGE_INPUT, prefix_order, state_names
+from edge_rnn.export.contract import FORMAT_VERSION, RANGE_INPUT, checked_prefix_order, state_names
 from edge_rnn.io import EdgeRNNError, atomic_path
 from edge_rnn.model import RNNModel, dense_parameters
 
@@ -620,27 +620,13 @@ def build_models(model: RNNModel, top_k: int = 3, with_log_probs: bool = False,
     config = model.config
     if not 1 <= top_k <= config.n_outputs:
         raise EdgeRNNError(f"top_k must be between 1 and {config.n_outputs}, got {top_k}")
-    order = _prefix_order_for(config, words, with_log_probs)
+    order = checked_prefix_order(config, words, with_log_probs)
     models = {}
     for name, build in (("step", step_graph), ("prefill", prefill_graph)):
         chosen = resolve_impl(config.cell, name, impl)
         models[name] = _make_model(build(model, top_k, with_log_probs, chosen, order),
                                    _metadata(config, top_k, with_log_probs, name, chosen, order is not None))
     return models
-
-
-def _prefix_order_for(config, words: Sequence[str] | None, with_log_probs: bool) -> np.ndarray | None:
-    """The exported id order of a prefix-range head, after checking it can be built."""
-    if words is None:
-        return None
-    if config.task != "autocomplete":
-        raise EdgeRNNError("the prefix-range head needs an autocomplete model (its outputs are words)")
-    if with_log_probs:
-        raise EdgeRNNError("the prefix-range head computes only the rows of the typed prefix; "
-                           "it cannot also output log_probs over every word")
-    if len(words) != config.n_outputs:
-        raise EdgeRNNError(f"{len(words)} output words for a model with {config.n_outputs} outputs")
-    return np.array(prefix_order(words))
 
 
 def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: bool = False,
