@@ -4,7 +4,8 @@ Shared by the browser test and the Node test (``tests/test_app.py``): the same e
 ``edge_rnn.runtime`` (the reference) and through ``web/runtime.mjs`` (in Chromium, in Node), and
 the suggestions after every edit must be the same words in the same order. ``STACK_DEPTH`` is
 small so that the long backspace runs past the stack's bottom and rebuilds through the prefill
-graph, in JavaScript as in Python.
+graph from a mark, and ``MAX_CHARS`` so that the text outgrows it (the field drops its front), in
+JavaScript as in Python.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from edge_rnn.runtime import normalise, open_session
 
 K = 3
 STACK_DEPTH = 3
+MAX_CHARS = 48
 # (action, argument): type text, backspace n characters, accept the j-th suggestion
 ACTIONS = [("type", "Omar moved from Vietnam to Sp"), ("backspace", 2), ("type", "s"), ("backspace", 7),
            ("accept", 0), ("type", "he still m"), ("backspace", 1), ("type", "m"), ("accept", 1),
@@ -25,7 +27,7 @@ NORMALISE_CASES = ["The  Capital-of FRANCE!! is Paris, 2024", "café au lait", "
 
 def expected(bundle: Path) -> list[dict]:
     """After each action: the session's text and its suggestions (word, probability)."""
-    session = open_session(bundle, stack_depth=STACK_DEPTH)
+    session = open_session(bundle, stack_depth=STACK_DEPTH, max_chars=MAX_CHARS)
     out = []
     for action, arg in ACTIONS:
         if action == "type":
@@ -41,5 +43,5 @@ def expected(bundle: Path) -> list[dict]:
 
 def case(bundle: Path) -> dict:
     """Everything the Node test needs for one bundle."""
-    return {"bundle": str(bundle), "k": K, "stack_depth": STACK_DEPTH, "steps": expected(bundle),
+    return {"bundle": str(bundle), "k": K, "stack_depth": STACK_DEPTH, "max_chars": MAX_CHARS, "steps": expected(bundle),
             "normalise": {text: normalise(text) for text in NORMALISE_CASES}}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from app_scenario import ACTIONS, K, STACK_DEPTH, case, expected
+from app_scenario import ACTIONS, K, MAX_CHARS, STACK_DEPTH, case, expected
 from edge_rnn.demo import ORT_FILES, serve_in_thread, url
 from edge_rnn.export.bundle import export_bundle
 from edge_rnn.io import EdgeRNNError
@@ -47,6 +47,8 @@ def test_scenario_is_not_trivial(app_bundles):
         assert sum(len(s["suggestions"]) == K for s in steps) >= len(steps) - 2
         assert len({tuple(w for w, _ in s["suggestions"]) for s in steps}) >= 4
     assert max(n for a, n in ACTIONS if a == "backspace") > STACK_DEPTH  # past the stack: prefill
+    typed = sum(len(arg) for action, arg in ACTIONS if action == "type")
+    assert typed > MAX_CHARS + 10  # the field drops its front: later rebuilds start from marks
 
 
 def test_node_runtime_matches_python(app_bundles, tmp_path):
@@ -99,7 +101,7 @@ def test_page_in_chromium_matches_python(app_bundles, kind):
             page = browser.new_page()
             page.on("request", lambda r: requests.append(r.url))
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url(server) + f"?stack={STACK_DEPTH}")
+            page.goto(url(server) + f"?stack={STACK_DEPTH}&chars={MAX_CHARS}")
             page.evaluate("window.edgeRnn.ready")
             page.focus("#text")
             for (action, arg), step in zip(ACTIONS, want):

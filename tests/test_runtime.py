@@ -21,14 +21,16 @@ from edge_rnn.data import demo_corpus
 from edge_rnn.export.bundle import export_bundle
 from edge_rnn.io import EdgeRNNError
 from edge_rnn.model import ModelConfig, RNNModel, save
-from edge_rnn.runtime import Session, normalise, open_session
+from edge_rnn.runtime import Session, field_symbols, normalise, open_session
 from edge_rnn.vocab import Vocab
 
 WORDS = [w for w, _ in Counter(demo_corpus(2000, seed=0).split()).most_common(200)]
 TEXT = demo_corpus(30, seed=5)[:150]  # ~25 words of the same generator
 CELLS = [("rnn", 1), ("gru", 2), ("lstm", 1), ("cifg", 1), ("nlstm", 1)]
-# small sizes so that a short text crosses the stack's bottom and restarts observations
+# small sizes so that a short text crosses the stack's bottom, drops the front of the retained
+# text (continuous, the default) or restarts observations
 SMALL = dict(stack_depth=5, max_chars=48, context_chars=12)
+OBSERVATION = dict(SMALL, restart="observation")
 
 
 def make_run(run_dir, cell: str, layers: int, seed: int = 0):
@@ -59,10 +61,10 @@ def snapshot(session: Session):
     return session.text, [s.copy() for s in state], session.suggestions(3)
 
 
-def assert_same(a: Session, b: Session):
+def assert_same(a: Session, b: Session, same_text: bool = True):
     text_a, state_a, sugg_a = snapshot(a)
     text_b, state_b, sugg_b = snapshot(b)
-    assert text_a == text_b
+    assert text_a == text_b or not same_text
     assert sugg_a == sugg_b  # same words, same order, same float probabilities
     for x, y in zip(state_a, state_b, strict=True):
         np.testing.assert_array_equal(x, y)
@@ -72,44 +74,52 @@ def fresh(source, **options) -> Session:
     return open_session(source, **options)
 
 
+@pytest.mark.parametrize("restart", ["continuous", "observation"])
 @pytest.mark.parametrize("which", ["mlx", "onnx", "prefix-head"])
-def test_backspace_equals_typing_the_shorter_text(sources, which):
+def test_backspace_equals_typing_the_shorter_text(sources, which, restart):
+    """Continuous: the text outgrows ``max_chars`` (its front is dropped) and a rebuild starts
+    from a mark; the reference types the whole shorter text. Observation: the session restarts,
+    and the retained observation typed into an empty field is the reference."""
     source = sources[["mlx", "onnx", "prefix-head"].index(which)]
     text = TEXT[:70] if which == "mlx" else TEXT  # MLX steps cost ~5 ms each
-    session = fresh(source, **SMALL)
+    options = dict(SMALL, restart=restart)
+    session = fresh(source, **options)
     session.type(text)
-    typed = session.text
-    for n in (1, 3, 4, 9):  # 1 + 3 pop the stack (depth 5), 4 and 9 go past its bottom
+    typed = field_symbols(text) if restart == "continuous" else session.text
+    assert len(typed) > SMALL["max_chars"] or restart == "observation"
+    # 1 + 3 pop the stack (depth 5), the rest go past its bottom; an observation is shorter
+    for n in (1, 3, 4, 9, 20) if restart == "continuous" else (1, 3, 4, 9):
         session.backspace(n)
         typed = typed[:-n]
-        assert session.text == typed
-        shorter = fresh(source, **SMALL)
+        assert typed.endswith(session.text)
+        shorter = fresh(source, **options)
         shorter.type(typed)
-        assert_same(session, shorter)
-        session.type("x")  # keep typing after a rebuild: the stack refills
-        typed += "x"
-        session.backspace(1)
-        typed = typed[:-1]
-        assert_same(session, shorter)
+        assert_same(session, shorter, same_text=restart == "observation")
+        session.type("x y")  # keep typing after a rebuild: the stack refills, a mark is added
+        session.backspace(3)
+        assert_same(session, shorter, same_text=restart == "observation")
+        session.type("zq")  # over text taken back: its marks must not be reused
+        session.backspace(2)
+        assert_same(session, shorter, same_text=restart == "observation")
 
 
 def test_restarted_observations_stay_short_and_match_a_fresh_session(sources):
     _, full, _ = sources
-    session = fresh(full, **SMALL)
+    session = fresh(full, **OBSERVATION)
     longest = 0
     for word in TEXT.split():
         session.type(word + " ")
         longest = max(longest, len(session.text))
     assert longest <= SMALL["max_chars"]
     assert session.text != normalise(TEXT)  # it did restart
-    again = fresh(full, **SMALL)
+    again = fresh(full, **OBSERVATION)
     again.type(session.text)  # the retained observation, typed into an empty field
     assert_same(session, again)
 
 
 def test_continuous_mode_never_restarts_and_keeps_a_bounded_text(sources):
     _, full, _ = sources
-    continuous, restarting = fresh(full, restart="continuous", **{**SMALL}), fresh(full, **SMALL)
+    continuous, restarting = fresh(full, **SMALL), fresh(full, **OBSERVATION)
     continuous.type(TEXT)
     restarting.type(TEXT)
     assert len(continuous.text) <= SMALL["max_chars"]

@@ -74,8 +74,10 @@ function fail(err) {
 }
 
 async function start() {
-  const params = new URLSearchParams(location.search); // ?stack=N: a shallow state stack (tests)
-  const options = { threads: 1, ...(params.has("stack") ? { stackDepth: Number(params.get("stack")) } : {}) };
+  // ?stack=N&chars=M: a shallow state stack and a short retained text (tests)
+  const params = new URLSearchParams(location.search);
+  const options = { threads: 1, ...(params.has("stack") ? { stackDepth: Number(params.get("stack")) } : {}),
+    ...(params.has("chars") ? { maxChars: Number(params.get("chars")) } : {}) };
   session = await openSession(ort, fetchFiles(new URL("./bundle/", import.meta.url).href), options);
   const m = session.backend.manifest;
   const head = m.export.prefix_head ? "prefix-range head" : "full head";

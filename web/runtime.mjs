@@ -18,7 +18,7 @@
 export const SYMBOLS = ["<pad>", " ", ..."abcdefghijklmnopqrstuvwxyz"]; // edge_rnn.vocab.SYMBOLS
 export const PAD = 0, SPACE = 1, UNK = 1; // UNK: output id 1 (an input id 1 is the space)
 export const SYMBOL_ID = Object.fromEntries(SYMBOLS.map((s, k) => [s, k]).filter(([, k]) => k !== PAD));
-export const RESTARTS = ["observation", "continuous"];
+export const RESTARTS = ["continuous", "observation"];
 export const STACK_DEPTH = 64; // keystrokes a backspace can take back without a rebuild
 export const MAX_CHARS = 200; // the longest observation training saw
 export const WORD_ROOM = 16; // characters kept free for the next word when deciding to restart
@@ -222,16 +222,25 @@ export class ONNXBackend {
 
 /** Everything a keystroke changes: what a backspace restores. */
 class Snapshot {
-  constructor(text, state, last) {
+  constructor(text, state, last, start) {
     this.text = text;
     this.state = state;
     this.last = last;
+    this.start = start; // absolute position of text[0] in everything typed (continuous mode drops the front)
+  }
+}
+
+/** The state before the space at absolute position `pos`: where a rebuild may start. */
+class Mark {
+  constructor(pos, state) {
+    this.pos = pos;
+    this.state = state;
   }
 }
 
 /** A text field: type into it, take characters back, accept suggestions. */
 export class Session {
-  constructor(backend, { stackDepth = STACK_DEPTH, restart = "observation", maxChars = MAX_CHARS,
+  constructor(backend, { stackDepth = STACK_DEPTH, restart = "continuous", maxChars = MAX_CHARS,
     contextChars = CONTEXT_CHARS } = {}) {
     if (!RESTARTS.includes(restart)) {
       throw new EdgeRNNError(`unknown restart policy ${restart}; choose one of: ${RESTARTS.join(", ")}`);
@@ -252,10 +261,13 @@ export class Session {
 
   /** Back to an empty text field (zero state). */
   reset() {
-    this.text = ""; // the retained symbols: the state is a function of them
+    this.text = ""; // the retained symbols: the state is a function of them (and of _start's mark)
     this.state = this.backend.initialState();
     this.last = null;
+    this._start = 0; // absolute position of text[0]
     this._stack = []; // bounded at stackDepth: the oldest snapshot goes first
+    // spaces are >= 2 symbols apart: this many marks reach back past the stack's oldest text
+    this._marks = []; // bounded at maxChars + stackDepth: the oldest mark goes first
   }
 
   /** Normalise `text` and step each symbol. The first symbol after `reset` is a space (every
@@ -272,13 +284,14 @@ export class Session {
   }
 
   /** Take back the last `n` symbols: from the stack while it holds them, then one rebuild from
-   * the retained text (`prefill`). The leading space goes last, leaving an empty field. */
+   * the nearest mark (`prefill`). The leading space goes last, leaving an empty field. */
   async backspace(n = 1) {
     if (n < 0) throw new EdgeRNNError(`backspace needs n >= 0, got ${n}`);
     while (n && this._stack.length) {
-      ({ text: this.text, state: this.state, last: this.last } = this._stack.pop());
+      ({ text: this.text, state: this.state, last: this.last, start: this._start } = this._stack.pop());
       n -= 1;
     }
+    this._forget(this._start + this.text.length);
     if (n) await this._rebuild(this.text.slice(0, Math.max(this.text.length - n, 0)));
   }
 
@@ -314,15 +327,16 @@ export class Session {
     if (!(charId > 0 && charId < SYMBOLS.length)) {
       throw new EdgeRNNError(`symbol id must be in 1..${SYMBOLS.length - 1}, got ${charId}`);
     }
-    this._stack.push(new Snapshot(this.text, this.state, this.last));
+    this._stack.push(new Snapshot(this.text, this.state, this.last, this._start));
     if (this._stack.length > this.stackDepth) this._stack.shift();
     const text = this.text + SYMBOLS[charId];
     if (charId === SPACE && this._mustRestart(text)) {
-      await this._rebuild(this._context(text));
-    } else {
-      [this.last, this.state] = await this.backend.step(charId, this.state, this._word(text));
-      this.text = this._retain(text);
+      await this._restart(this._context(text));
+      return [this.last.topIds, this.last.topProbs];
     }
+    if (charId === SPACE) this._mark(this._start + this.text.length);
+    [this.last, this.state] = await this.backend.step(charId, this.state, this._word(text));
+    this.text = this._retain(text);
     return [this.last.topIds, this.last.topProbs];
   }
 
@@ -361,20 +375,48 @@ export class Session {
     return words.length ? " " + words.reverse().join(" ") + " " : " ";
   }
 
-  /** Continuous mode keeps only the last `maxChars` symbols, cut at a word boundary. */
+  /** Continuous mode keeps only the last `maxChars` symbols, cut at a word boundary (whose
+   * mark then stands for everything before it). */
   _retain(text) {
     if (text.length <= this.maxChars) return text;
-    const cut = text.indexOf(" ", text.length - this.maxChars);
-    return cut >= 0 ? text.slice(cut) : text.slice(-this.maxChars);
+    let cut = text.indexOf(" ", text.length - this.maxChars);
+    if (cut < 0) cut = text.length - this.maxChars; // no boundary: a rebuild is approximate
+    this._start += cut;
+    return text.slice(cut);
   }
 
-  /** State and output after `text` from the zero state, in one prefill call. */
+  /** Keep the current state as the one before the space at `pos`. */
+  _mark(pos) {
+    this._forget(pos);
+    this._marks.push(new Mark(pos, this.state));
+    if (this._marks.length > this.maxChars + this.stackDepth) this._marks.shift();
+  }
+
+  /** Drop the marks at or after absolute position `end`: that text was taken back. */
+  _forget(end) {
+    while (this._marks.length && this._marks[this._marks.length - 1].pos >= end) this._marks.pop();
+  }
+
+  /** A new observation from the zero state (restart "observation"): its absolute positions
+   * start past everything typed, so no earlier mark applies to it. */
+  async _restart(text) {
+    this._start += this.text.length + 1;
+    this._marks = [];
+    this.text = "";
+    await this._rebuild(text);
+  }
+
+  /** State and output after `text` (the retained text or a prefix of it), in one prefill call
+   * from the last mark inside it (else from the zero state). */
   async _rebuild(text) {
+    this._forget(this._start + text.length);
+    const last = this._marks[this._marks.length - 1];
+    const mark = last && last.pos >= this._start ? last : null;
     this.text = text;
-    this.state = this.backend.initialState();
     this.last = null;
+    this.state = mark ? mark.state : this.backend.initialState();
     if (text) {
-      const ids = Array.from(text, (ch) => SYMBOL_ID[ch]);
+      const ids = Array.from(text.slice(mark ? mark.pos - this._start : 0), (ch) => SYMBOL_ID[ch]);
       [this.last, this.state] = await this.backend.prefill(ids, this.state, this._word(text));
     }
   }

@@ -15,7 +15,7 @@ const cases = JSON.parse(readFileSync(path, "utf8"));
 
 for (const c of cases) {
   test(`same suggestions as edge_rnn.runtime: ${c.bundle}`, async () => {
-    const session = await openBundle(c.bundle, { stackDepth: c.stack_depth });
+    const session = await openBundle(c.bundle, { stackDepth: c.stack_depth, maxChars: c.max_chars });
     for (const step of c.steps) {
       const [action, arg] = step.action;
       if (action === "type") await session.type(arg);
