@@ -148,6 +148,7 @@ def top_k_stable(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> n
 
 
 _CHAR_INPUT = [np.array([k], np.int32) for k in range(len(SYMBOLS))]  # the ``char`` feed of each symbol
+_FIRST = [list(range(n)) for n in range(65)]  # [0, ..., n-1]: WordIndex.best's no-copy case
 
 
 def _labels(task: str, words: list[str]) -> list[str]:
@@ -222,9 +223,10 @@ class ONNXBackend:
         # a keyboard has one core to spare
         self.options.intra_op_num_threads, self.options.inter_op_num_threads = threads, 1
         self.session = self._load(manifest["export"]["model"])
-        has_log_probs = "log_probs" in {o.name for o in self.session.get_outputs()}
+        self._has_log_probs = "log_probs" in {o.name for o in self.session.get_outputs()}
         # fixed fetch order, so a keystroke unpacks a list instead of building a dict; states last
-        self._fetch = ["top_ids", "top_probs", *(["log_probs"] if has_log_probs else []),
+        self._n_fixed = 3 if self._has_log_probs else 2
+        self._fetch = ["top_ids", "top_probs", *(["log_probs"] if self._has_log_probs else []),
                        *(f"{name}_next" for name in self.state_names)]
         self._prefill = None  # loaded on first use: most sessions never need it
 
@@ -265,9 +267,8 @@ class ONNXBackend:
     def _run(self, session, feed: dict, prefix: str) -> tuple[StepOutput, list[np.ndarray]]:
         if self.prefix_head:
             feed["range"] = self.range(prefix)
-        out, n = session.run(self._fetch, feed), len(self.state_names)
-        log_probs = out[2][0] if len(out) > 2 + n else None
-        return StepOutput(out[0][0], out[1][0], log_probs), out[-n:]
+        out = session.run(self._fetch, feed)
+        return StepOutput(out[0][0], out[1][0], out[2][0] if self._has_log_probs else None), out[self._n_fixed:]
 
 
 class Snapshot(NamedTuple):
@@ -485,10 +486,11 @@ class WordIndex:
         """The ``k`` most probable allowed words consistent with ``prefix``; ties: lower id."""
         labels, allowed = self.labels, self.allowed
         top = out.top_ids.tolist()
-        shown = [j for j, i in enumerate(top) if allowed[i] and labels[i].startswith(prefix)]
+        shown = [j for j, i in enumerate(top) if allowed[i] and labels[i].startswith(prefix)][:k]
         # the graph's top-k is the global top-k: if k of it match, they are the range's best k
-        if prefix_head or len(shown) >= k or out.log_probs is None:
-            shown = shown[:k]
+        if prefix_head or len(shown) == k or out.log_probs is None:
+            if shown == _FIRST[len(shown)]:  # the usual case: a view, not a copy
+                return out.top_ids[:len(shown)], out.top_probs[:len(shown)]
             return out.top_ids[shown], out.top_probs[shown]
         if prefix:
             ids = self.candidates(prefix)
