@@ -222,7 +222,11 @@ class ONNXBackend:
         self.options = ort.SessionOptions()
         # a keyboard has one core to spare
         self.options.intra_op_num_threads, self.options.inter_op_num_threads = threads, 1
-        self.session = self._load(manifest["export"]["model"])
+        # a prefix-range head split by its If's branches: the session picks the graph per range
+        split = self.prefix_head and manifest["export"]["prefix_head"].get("split")
+        self.session = self._load(split["narrow"] if split else manifest["export"]["model"])
+        self._wide = self._load(split["wide"]) if split else None
+        self._wide_above = manifest["export"]["prefix_head"]["full_gemm_above_rows"] if split else 0
         self._has_log_probs = "log_probs" in {o.name for o in self.session.get_outputs()}
         # fixed fetch order, so a keystroke unpacks a list instead of building a dict; states last
         self._n_fixed = 3 if self._has_log_probs else 2
@@ -250,9 +254,15 @@ class ONNXBackend:
         return np.array(prefix_range(self.sorted_words, prefix), np.int32)
 
     def step(self, char_id: int, state: list[np.ndarray], prefix: str = "") -> tuple[StepOutput, list[np.ndarray]]:
+        """One keystroke; a split prefix-range head runs its wide graph for wide ranges (the
+        branch its ``If`` would take), its narrow graph otherwise."""
         feed = dict(zip(self.state_names, state))
         feed["char"] = _CHAR_INPUT[char_id]
-        return self._run(self.session, feed, prefix)
+        if not self.prefix_head:
+            return self._run(self.session, feed)
+        feed["range"] = span = self.range(prefix)
+        wide = self._wide is not None and span[1] - span[0] > self._wide_above
+        return self._run(self._wide if wide else self.session, feed)
 
     def prefill(self, char_ids: list[int], state: list[np.ndarray], prefix: str = "") -> tuple[StepOutput, list[np.ndarray]]:
         """The bundle's prefill graph: the whole string in one call."""
@@ -262,11 +272,11 @@ class ONNXBackend:
         if self._prefill is None:
             self._prefill = self._load(prefill["file"])
         feed = {"chars": np.array([list(char_ids)], np.int32), **dict(zip(self.state_names, state))}
-        return self._run(self._prefill, feed, prefix)
-
-    def _run(self, session, feed: dict, prefix: str) -> tuple[StepOutput, list[np.ndarray]]:
         if self.prefix_head:
             feed["range"] = self.range(prefix)
+        return self._run(self._prefill, feed)
+
+    def _run(self, session, feed: dict) -> tuple[StepOutput, list[np.ndarray]]:
         out = session.run(self._fetch, feed)
         return StepOutput(out[0][0], out[1][0], out[2][0] if self._has_log_probs else None), out[self._n_fixed:]
 

@@ -457,20 +457,24 @@ def breakdown(bundle: Path, ids: list[int], threads: int) -> str:
     from onnx import helper
 
     backend = ONNXBackend(bundle, threads=threads)
-    inner, ort_times, rows = backend.session, [], []
+    ort_times, rows = [], []
 
     class Timed:  # ONNX Runtime's run, timed inside Session.step
+        def __init__(self, inner):
+            self.inner = inner
+
         def run(self, outputs, feed):
             start = time.thread_time()
-            result = inner.run(outputs, feed)
+            result = self.inner.run(outputs, feed)
             ort_times.append(time.thread_time() - start)
             rows.append(int(feed[RANGE][1] - feed[RANGE][0]))
             return result
 
         def __getattr__(self, name):
-            return getattr(inner, name)
+            return getattr(self.inner, name)
 
-    backend.session = Timed()
+    inner, inner_wide = backend.session, backend._wide  # a split head runs two graphs
+    backend.session, backend._wide = Timed(inner), inner_wide and Timed(inner_wide)
     session = _session(backend)
     for c in ids[:100]:
         session.step(c)
@@ -481,12 +485,15 @@ def breakdown(bundle: Path, ids: list[int], threads: int) -> str:
         start = time.thread_time()
         session.step(c)
         steps[k] = time.thread_time() - start
-    backend.session = inner
+    backend.session, backend._wide = inner, inner_wide
     run_us, step_us, rows = np.array(ort_times) * 1e6, steps * 1e6, np.array(rows)
-    wide_rows = backend.manifest["export"]["prefix_head"]["full_gemm_above_rows"]
+    head = backend.manifest["export"]["prefix_head"]
+    wide_rows = head["full_gemm_above_rows"]
     wide = rows > wide_rows
+    split = head.get("split")  # the graphs the runtime runs: narrow and wide, or the one If graph
+    paths = {w: bundle / (split[w] if split else backend.manifest["export"]["model"]) for w in ("narrow", "wide")}
 
-    model_path = bundle / backend.manifest["export"]["model"]
+    model_path = paths["narrow"]
     model = onnx.load(str(model_path))
     states = [s["name"] for s in backend.manifest["state"]]
     feed = {"char": np.array([5], np.int32), **{n: np.full((1, backend.manifest["model"]["units"]), 0.1, np.float32)
@@ -501,18 +508,23 @@ def breakdown(bundle: Path, ids: list[int], threads: int) -> str:
     cells_us = _median_us(_ort(cells, threads), feed)
     narrow_us = _median_us(_ort(model_path, threads), {**feed, RANGE: np.array([2, 32], np.int32)})
 
-    profiled = _ort(model_path, threads, profile=True)
+    profiled = {w: _ort(path, threads, profile=True) for w, path in paths.items()}
     state = {n: np.zeros_like(v) for n, v in feed.items() if n != "char"}
     session = _session(backend)
     for c in ids[100:]:
         session.step(c)  # for the prefix after this keystroke
-        out = profiled.run(None, {"char": np.array([c], np.int32), **state, RANGE: backend.range(session.prefix)})
+        span = backend.range(session.prefix)
+        graph = profiled["wide" if span[1] - span[0] > wide_rows else "narrow"]
+        out = graph.run(None, {"char": np.array([c], np.int32), **state, RANGE: span})
         state = dict(zip(states, out[2:]))
-    events = json.load(open(profiled.end_profiling()))
     n = len(ids) - 100
-    runs = [e for e in events if e.get("name") == "model_run"][-n:]
-    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-               and e["ts"] >= runs[0]["ts"]]
+    runs, kernels = [], []
+    for graph in profiled.values():
+        events = json.load(open(graph.end_profiling()))
+        timed = [e for e in events if e.get("name") == "model_run"]
+        runs += timed
+        kernels += [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                    and timed and e["ts"] >= timed[0]["ts"]]
     head_ops = ("Softmax", "TopK", "Min", "Greater")
     part = {"cells": 0.0, "head": 0.0}
     for e in kernels:

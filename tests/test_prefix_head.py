@@ -254,6 +254,42 @@ def test_quantized_prefix_head_stores_its_rows_compressed(quantized, to):
     assert "head.Wt" in manifest["quantization"]["tensors"]["model.onnx"]["compressed"]
 
 
+def one_graph_outputs(bundle, text: str):
+    """``model.onnx`` (the If form) stepped through ``text`` with the runtime's ranges."""
+    import onnxruntime as ort
+
+    session = open_session(bundle)
+    backend = session.backend
+    graph = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    state = backend.initial_state()
+    for ch in text:
+        session.step(SYMBOL_ID[ch])
+        feed = {"char": np.array([SYMBOL_ID[ch]], np.int32), **dict(zip(backend.state_names, state)),
+                "range": backend.range(session.prefix)}
+        out = graph.run(backend._fetch, feed)
+        state = out[2:]
+        yield session, out
+
+
+@pytest.mark.parametrize("to", ("fp32", *QUANTIZED))
+def test_split_graphs_are_the_if_graph_without_its_if(bundles, quantized, to):
+    """The runtime runs model_narrow.onnx or model_wide.onnx per keystroke: no If in either, and
+    top-k, probabilities and states bit-identical to model.onnx's at every keystroke."""
+    bundle = bundles[1] if to == "fp32" else quantized[to][1]
+    split = read_manifest(bundle)["export"]["prefix_head"]["split"]
+    for file in (split["narrow"], split["wide"]):
+        assert "If" not in {n.op_type for n in onnx.load(str(bundle / file), load_external_data=False).graph.node}
+    used = set()
+    for session, out in one_graph_outputs(bundle, TEXT):
+        np.testing.assert_array_equal(session.last.top_ids, out[0][0])
+        np.testing.assert_array_equal(session.last.top_probs, out[1][0])
+        for a, b in zip(session.state, out[2:], strict=True):
+            np.testing.assert_array_equal(a, b)
+        lo, hi = session.backend.range(session.prefix)
+        used.add(hi - lo > read_manifest(bundle)["export"]["prefix_head"]["full_gemm_above_rows"])
+    assert used == {True, False}  # both graphs ran
+
+
 def test_int4_prefix_head_is_a_one_line_refusal(bundles, tmp_path):
     from edge_rnn.quantize import quantize
 
@@ -278,11 +314,16 @@ def wide_head(tmp_path_factory):
 @pytest.mark.parametrize("to,low,high", [("int8", 0.24, 0.30), ("fp16", 0.49, 0.52)])
 def test_quantized_prefix_bundle_shrinks_like_the_full_head(wide_head, to, low, high, tmp_path):
     """int8: 1 byte per head weight plus a float scale per row (~0.25 of fp32, the cells alike);
-    fp16: half. The prefix bundle ends within 1 % of the full-head bundle quantized the same way."""
+    fp16: half. The prefix bundle's weights end within 1 % of the full-head bundle quantized the
+    same way; its four graphs (one-graph step, narrow and wide split, prefill) hold no weights."""
     from edge_rnn.quantize import quantize
 
     full, prefix = wide_head
     _, q_full = quantize(full, to, out=tmp_path / "full", max_chars=120)
     _, q_prefix = quantize(prefix, to, out=tmp_path / "prefix", max_chars=120)
-    assert low <= q_prefix["size"]["ratio"] <= high, q_prefix["size"]
-    assert q_prefix["size"]["bytes"] == pytest.approx(q_full["size"]["bytes"], rel=0.01)
+    weights = {name: q["size"]["files"]["weights.bin"] for name, q in (("full", q_full), ("prefix", q_prefix))}
+    source = read_manifest(prefix)["files"]["weights.bin"]["bytes"]
+    assert low <= weights["prefix"] / source <= high, q_prefix["size"]
+    assert weights["prefix"] == pytest.approx(weights["full"], rel=0.01)
+    graphs = [n for n in q_prefix["size"]["files"] if n.endswith(".onnx")]
+    assert len(graphs) == 4 and sum(q_prefix["size"]["files"][n] for n in graphs) < 64 << 10

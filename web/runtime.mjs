@@ -156,7 +156,11 @@ export class ONNXBackend {
     };
     const words = JSON.parse(new TextDecoder().decode(bytes["vocab.json"])).words;
     const backend = new ONNXBackend(ort, manifest, words, load);
-    backend.session = await load(manifest.export.model);
+    // a prefix-range head split by its If's branches: the session picks the graph per range
+    const split = backend.prefixHead && manifest.export.prefix_head.split;
+    backend.session = await load(split ? split.narrow : manifest.export.model);
+    backend._wide = split ? await load(split.wide) : null;
+    backend._wideAbove = split ? manifest.export.prefix_head.full_gemm_above_rows : 0;
     return backend;
   }
 
@@ -193,9 +197,15 @@ export class ONNXBackend {
     return new this.ort.Tensor("int32", Int32Array.from(prefixRange(this.sortedWords, prefix)), [2]);
   }
 
+  /** One keystroke; a split prefix-range head runs its wide graph for wide ranges (the branch
+   * its If would take), its narrow graph otherwise. */
   async step(charId, state, prefix = "") {
     const feed = { char: new this.ort.Tensor("int32", Int32Array.of(charId), [1]), ...this._states(state) };
-    return this._run(this.session, feed, prefix);
+    if (!this.prefixHead) return this._run(this.session, feed);
+    const span = prefixRange(this.sortedWords, prefix);
+    feed.range = new this.ort.Tensor("int32", Int32Array.from(span), [2]);
+    const wide = this._wide !== null && span[1] - span[0] > this._wideAbove;
+    return this._run(wide ? this._wide : this.session, feed);
   }
 
   /** The bundle's prefill graph: the whole string in one call. */
@@ -204,15 +214,16 @@ export class ONNXBackend {
     if (!prefill) throw new EdgeRNNError("this bundle has no prefill graph; re-export it");
     if (this._prefill === null) this._prefill = await this._load(prefill.file);
     const chars = new this.ort.Tensor("int32", Int32Array.from(charIds), [1, charIds.length]);
-    return this._run(this._prefill, { chars, ...this._states(state) }, prefix);
+    const feed = { chars, ...this._states(state) };
+    if (this.prefixHead) feed.range = this.range(prefix);
+    return this._run(this._prefill, feed);
   }
 
   _states(state) {
     return Object.fromEntries(this.stateNames.map((name, k) => [name, state[k]]));
   }
 
-  async _run(session, feed, prefix) {
-    if (this.prefixHead) feed.range = this.range(prefix);
+  async _run(session, feed) {
     const out = await session.run(feed);
     const logProbs = out.log_probs ? out.log_probs.data : null;
     const newState = this.stateNames.map((name) => out[`${name}_next`]);

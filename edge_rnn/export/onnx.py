@@ -54,7 +54,11 @@ graph's. ``log_probs`` cannot be combined with it (it would need the full head a
 Slicing copies the columns it keeps (ONNX Runtime has no views), and the slice cannot be
 pre-packed, so a wide range is cheaper through the full pre-packed Gemm followed by a slice of
 the logits. An ``If`` picks: ranges wider than ``PREFIX_FULL_SHARE`` of the outputs take the full
-Gemm (every word-boundary keystroke), narrower ones slice the head's columns.
+Gemm (every word-boundary keystroke), narrower ones slice the head's columns. ``If`` has a price
+of its own in ONNX Runtime (its branch runs as a subgraph with its own execution frame), and the
+caller knows the range before it calls, so the bundle also holds the step graph twice with the
+``If`` resolved (``split_range_head``): ``model_narrow.onnx`` and ``model_wide.onnx``, the same
+nodes as each branch, bit-identical outputs. ``model.onnx`` stays the one-session form.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ from edge_rnn.model import RNNModel, dense_parameters
 OPSET = 18  # for Split(num_outputs=...); ONNX Runtime 1.14+ (native and web)
 IR_VERSION = 8  # the lowest IR that carries opset 18: readable by older runtimes
 STEP_FILE, PREFILL_FILE = "model.onnx", "prefill.onnx"
+# the prefix-range step graph with its If resolved, one graph per branch (``split_range_head``)
+SPLIT_FILES = {"narrow": "model_narrow.onnx", "wide": "model_wide.onnx"}
 WEIGHTS_FILE = "weights.bin"  # the one copy of the weights both graphs name (ONNX external data)
 SHARED_MIN_BYTES = 256  # smaller tensors (shapes, axes, biases of tiny models) stay inside each graph
 PRECISIONS = ("fp32", "fp16")
@@ -508,6 +514,62 @@ def prefill_graph(model: RNNModel, top_k: int, with_log_probs: bool, impl: str,
 
 # ---- models and files ----------------------------------------------------------------------------
 
+def split_range_head(step: onnx.ModelProto) -> dict[str, onnx.ModelProto]:
+    """``SPLIT_FILES`` name -> the prefix-range step graph with its ``If`` replaced by that
+    branch's nodes (the branch output renamed to the If's), dead nodes and constants dropped.
+    Works on any precision: ``edge-rnn quantize`` rewrites the branches and splits again."""
+    split = {}
+    for which, branch in (("wide", "then_branch"), ("narrow", "else_branch")):
+        model = onnx.ModelProto()
+        model.CopyFrom(step)
+        graph = model.graph
+        at, node = next((k, n) for k, n in enumerate(graph.node) if n.op_type == "If")
+        body = next(a.g for a in node.attribute if a.name == branch)
+        inlined = list(body.node)
+        _rename_nodes(inlined, body.output[0].name, node.output[0])
+        graph.initializer.extend(body.initializer)
+        nodes = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(_toposorted(nodes[:at] + inlined + nodes[at + 1:], graph))
+        _prune(graph)
+        split[SPLIT_FILES[which]] = model
+    return split
+
+
+def _toposorted(nodes: list, graph: onnx.GraphProto) -> list:
+    """``nodes`` so that each comes after the producers of its inputs (ONNX Runtime accepts a
+    graph in any order and a quantizer may leave one so; inlining a branch needs the order)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    done, pending = [], list(nodes)
+    while pending:
+        left = []
+        for node in pending:
+            if set(node.input) <= ready:
+                done.append(node)
+                ready.update(node.output)
+            else:
+                left.append(node)
+        if len(left) == len(pending):
+            raise EdgeRNNError(f"graph {graph.name}: inputs never produced: {sorted(set(left[0].input) - ready)}")
+        pending = left
+    return done
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop the nodes no output depends on (the If's condition) and initializers nobody reads."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    unused = [t for t in graph.initializer if t.name not in needed]
+    for t in unused:
+        graph.initializer.remove(t)
+
+
 def _make_model(graph: onnx.GraphProto, metadata: dict[str, str]) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="edge-rnn", producer_version=__version__)
@@ -650,7 +712,8 @@ def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: 
     if precision == "fp16":
         models = {name: fp16_weights(m) for name, m in models.items()}
     step, prefill = models["step"].graph, models["prefill"].graph
-    save_shared({STEP_FILE: models["step"], PREFILL_FILE: models["prefill"]}, Path(out_dir))
+    files = {STEP_FILE: models["step"], PREFILL_FILE: models["prefill"]}
+    save_shared({**files, **(split_range_head(models["step"]) if prefix_head else {})}, Path(out_dir))
     fragment = {
         "format": "onnx", "opset": OPSET, "ir_version": IR_VERSION, "precision": precision,
         "files": [STEP_FILE, PREFILL_FILE], "model": STEP_FILE, "weights": WEIGHTS_FILE,
@@ -682,4 +745,7 @@ def _prefix_head_fragment(config) -> dict:
         "top_probs": "softmax over the range only: P(word | word in range)",
         "top_k": "min(top_k, end - start); 0 for an empty range (the state still advances)",
         "full_gemm_above_rows": int(PREFIX_FULL_SHARE * config.n_outputs),
+        "split": {**SPLIT_FILES, "rule": "the step graph with its If resolved, same inputs and outputs: "
+                  "run model_wide.onnx when end - start > full_gemm_above_rows, else model_narrow.onnx "
+                  "(bit-identical to model.onnx, without If's cost per keystroke)"},
     }

@@ -56,19 +56,21 @@ def quantize(source: Source, to: str, tmp: Path) -> dict:
     """Quantize every ``.onnx`` file of the bundle; copy the vocabulary."""
     import onnx
 
-    from edge_rnn.export.onnx import WEIGHTS_FILE, save_shared
+    from edge_rnn.export.onnx import STEP_FILE, WEIGHTS_FILE, save_shared, split_range_head
 
     record = _onnx_record(source, to)
     tensors, opsets, models = {}, {}, {}
+    prefix_head = source.manifest["export"].get("prefix_head")
     for name in source.manifest["export"]["files"]:
         model = onnx.load(str(source.path / name))  # with its external data (weights.bin)
         before = _float_weights(model)
-        if source.manifest["export"].get("prefix_head"):
+        if prefix_head:
             model = quantize_range_head(model, to)
         models[name] = model = ONNX_METHODS[to][0](model)
         tensors[name] = _onnx_tensor_report(before, model)
         opsets[name] = {op.domain or "ai.onnx": op.version for op in model.opset_import}
-    save_shared(models, tmp)  # the graphs quantized alike: their weights stored once again
+    split = split_range_head(models[STEP_FILE]) if prefix_head and prefix_head.get("split") else {}
+    save_shared({**models, **split}, tmp)  # the graphs quantized alike: their weights stored once again
     shutil.copy2(source.path / VOCAB, tmp / VOCAB)
     export = {"precision": to, "opset_imports": opsets, "weights": WEIGHTS_FILE}
     if source.manifest["export"].get("prefix_head"):
