@@ -39,7 +39,7 @@ from edge_rnn.export.bundle import export_bundle
 from edge_rnn.keyboard import RunKeyboard, evaluate_keyboard, first_words, model_keyboard, relabel
 from edge_rnn.model import load_preset
 from edge_rnn.quantize import quantize
-from edge_rnn.runtime import CONTEXT_CHARS, SYMBOL_ID, open_session
+from edge_rnn.runtime import SYMBOL_ID, open_session
 from edge_rnn.train import TrainConfig, train
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -98,27 +98,33 @@ def overhead(bundle: Path, text: str, n: int, rounds: int = 5, block: int = 250,
     chars = (" " + text.strip())[:n]
     session = open_session(bundle, **options)
     backend = session.backend
-    graph = backend.session
+    graph, wide_graph = backend.session, backend._wide  # a split prefix head has two step graphs
     feeds = [{"char": np.array([SYMBOL_ID[c]], np.int32)} for c in chars]
+    graphs = [graph] * len(chars)
     if backend.prefix_head:  # the range of the word typed so far, as the session computes it
         words = chars.split(" ")
         typed = [w[:k + 1] for w in words for k in range(len(w))]  # one per letter
         prefixes, it = [], iter(typed)
         for c in chars:
             prefixes.append("" if c == " " else next(it))
-        for feed, prefix in zip(feeds, prefixes):
-            feed["range"] = backend.range(prefix)
+        for k, (feed, prefix) in enumerate(zip(feeds, prefixes)):
+            feed["range"] = span = backend.range(prefix)
+            if wide_graph is not None and span[1] - span[0] > backend._wide_above:
+                graphs[k] = wide_graph
     prefill = backend._load(backend.manifest["export"]["prefill"]["file"])
     backend.session, backend._prefill = TimedSession(graph), TimedSession(prefill)
+    backend._wide = wide_graph and TimedSession(wide_graph)
+    timed = [t for t in (backend.session, backend._wide) if t]
     rows = []
     for _ in range(rounds):
         state, bare, full = backend.initial_state(), 0.0, 0.0
-        backend.session.seconds = backend._prefill.seconds = backend._prefill.calls = 0
+        for t in [*timed, backend._prefill]:
+            t.seconds = t.calls = 0
         session.reset()
         for lo in range(0, len(chars), block):
             t0 = time.thread_time()
-            for feed in feeds[lo:lo + block]:
-                out = graph.run(backend._fetch, {**feed, **dict(zip(backend.state_names, state))})
+            for feed, step in zip(feeds[lo:lo + block], graphs[lo:lo + block]):
+                out = step.run(backend._fetch, {**feed, **dict(zip(backend.state_names, state))})
                 state = out[-len(state):]
             t1 = time.thread_time()
             for ch in chars[lo:lo + block]:
@@ -127,14 +133,38 @@ def overhead(bundle: Path, text: str, n: int, rounds: int = 5, block: int = 250,
             t2 = time.thread_time()
             bare, full = bare + t1 - t0, full + t2 - t1
         # typing only, no backspace: every prefill call is a restart
-        rows.append((full, bare, backend.session.seconds, backend._prefill.seconds, backend._prefill.calls))
-    backend.session, backend._prefill = graph, prefill
+        rows.append((full, bare, sum(t.seconds for t in timed), backend._prefill.seconds, backend._prefill.calls))
+    backend.session, backend._prefill, backend._wide = graph, prefill, wide_graph
     typed, step, in_step, in_prefill, restarts = (x / len(chars) for x in min(rows))
     restarts = min(rows)[4]
     python = typed - in_step - in_prefill
     return {"keystrokes": len(chars), "options": options, "step_ms": step * 1e3, "session_ms": typed * 1e3,
             "prefill_ms": in_prefill * 1e3, "python_ms": python * 1e3,
             "overhead_ms": (typed - step) * 1e3, "overhead": (typed - step) / step, "restarts": restarts}
+
+
+def runtime_costs(fp32: Path, prefix: Path, int8_prefix: Path, stream: str, args) -> dict:
+    """``overhead`` of each bundle under the default policy (continuous) and, for the fp32 full
+    head, under observation restarts at each ``--contexts`` length."""
+    observation = {f"restart=observation, context {c}": {"restart": "observation", "context_chars": c}
+                   for c in args.contexts}
+    costs = {f"fp32 + log_probs, {name}": overhead(fp32, stream, args.overhead_chars, **o)
+             for name, o in {"restart=continuous (default)": {"restart": "continuous"}, **observation}.items()}
+    for name, bundle in (("fp32 prefix head", prefix), ("int8 prefix head", int8_prefix)):
+        costs[f"{name}, restart=continuous (default)"] = overhead(bundle, stream, args.overhead_chars,
+                                                                  restart="continuous")
+    return costs
+
+
+def print_costs(costs: dict) -> None:
+    keystrokes = next(iter(costs.values()))["keystrokes"]
+    print(f"\nRuntime cost per keystroke (ONNX Runtime 1 thread, the first {keystrokes:,} keystrokes of the "
+          "stream; thread CPU time, bare step and session alternating every 250 keystrokes, best of 5 rounds)\n")
+    print("| bundle, session | bare step (ms) | Session.type + suggestions(3) (ms) | restart prefill (ms) | runtime's "
+          "Python (ms) | Python / bare step | overhead vs bare step | restarts |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, c in costs.items():
+        print(f"| {name} | {c['step_ms']:.3f} | {c['session_ms']:.3f} | {c['prefill_ms']:.3f} | "
+              f"{c['python_ms']:.3f} | {c['python_ms'] / c['step_ms']:.1%} | {c['overhead']:+.1%} | {c['restarts']} |")
 
 
 def main() -> None:
@@ -151,6 +181,8 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, nargs="+", default=[100, 50, 30],
                     help="context_chars of the restart=observation rows (characters carried into a restart)")
     ap.add_argument("--json", type=Path, help="also write every figure to this file")
+    ap.add_argument("--overhead-only", action="store_true",
+                    help="only the runtime cost table (no keyboard metrics); with --run, no training")
     args = ap.parse_args()
 
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
@@ -175,6 +207,10 @@ def main() -> None:
         int8, _ = quantize(fp32, "int8", tmp / "int8")
         prefix = export_bundle(run, tmp / "fp32-prefix", prefix_head=True)
         int8_prefix, _ = quantize(prefix, "int8", tmp / "int8-prefix")
+        costs = runtime_costs(fp32, prefix, int8_prefix, stream, args)
+        if args.overhead_only:
+            print_costs(costs)
+            return
         model = RunKeyboard(run)
         splits = make_splits(rest, "autocomplete", config.vocab_size)  # train's own split and vocabulary
         vocab = splits.vocab
@@ -200,13 +236,6 @@ def main() -> None:
         streaming = {f"model: fp32, {name}": open_session(fp32, **o) for name, o in policies.items()}
         stream_results = {name: evaluate_keyboard(k, stream_data, progress(name))
                           for name, k in {**streaming, **baselines}.items()}
-        costs = {f"fp32 + log_probs, {name}": overhead(fp32, stream, args.overhead_chars, **o)
-                 for name, o in policies.items()}
-        default = f"restart=observation, context {CONTEXT_CHARS}"  # the runtime's default policy
-        policies.setdefault(default, {"restart": "observation", "context_chars": CONTEXT_CHARS})
-        for bundle_name, bundle in (("fp32 prefix head", prefix), ("int8 prefix head", int8_prefix)):
-            for name in ("restart=continuous", default):
-                costs[f"{bundle_name}, {name}"] = overhead(bundle, stream, args.overhead_chars, **policies[name])
 
     n = results["prefix frequency"]
     print(f"\nTest split: first {n['words']:,} words ({n['positions']:,} positions) of WikiText-2 "
@@ -220,14 +249,7 @@ def main() -> None:
     print(HEADER)
     for name, r in stream_results.items():
         print(row(name, r))
-    keystrokes = next(iter(costs.values()))["keystrokes"]
-    print(f"\nRuntime cost per keystroke (ONNX Runtime 1 thread, the first "
-          f"{keystrokes:,} keystrokes of the stream, best of 5 rounds)\n")
-    print("| bundle, session | bare step (ms) | Session.type + suggestions(3) (ms) | restart prefill (ms) | runtime's "
-          "Python (ms) | overhead vs bare step | restarts |\n|---|---:|---:|---:|---:|---:|---:|")
-    for name, c in costs.items():
-        print(f"| {name} | {c['step_ms']:.3f} | {c['session_ms']:.3f} | {c['prefill_ms']:.3f} | "
-              f"{c['python_ms']:.3f} | {c['overhead']:+.1%} | {c['restarts']} |")
+    print_costs(costs)
     if args.json:
         args.json.write_text(json.dumps({"test": results, "stream": stream_results, "overhead": costs}, indent=2))
 
