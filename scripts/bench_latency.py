@@ -543,7 +543,7 @@ def breakdown(bundle: Path, ids: list[int], threads: int) -> str:
         f"{cells_us:.1f} us; whole step at a 30-row range {narrow_us:.1f} us (head rows + range logic "
         f"{narrow_us - cells_us:+.1f} us)",
         f"  profiler: {len(kernels) / n:.1f} nodes per keystroke; model_run {model_run:.1f} us = kernels cells "
-        f"{part['cells'] / n:.1f} + head {part['head'] / n:.1f} + outside kernels (If, executor) "
+        f"{part['cells'] / n:.1f} + head {part['head'] / n:.1f} + outside kernels "
         f"{model_run - (part['cells'] + part['head']) / n:.1f} (executor per-node overhead; profiled times are inflated)",
     ])
 
