@@ -95,7 +95,7 @@ def _is_letter(ch: str) -> bool:
     return ch.isascii() and ch.isalpha()
 
 
-@dataclass
+@dataclass(slots=True)
 class StepOutput:
     """What one keystroke yields: the top-k, and the full distribution where available."""
 
@@ -311,6 +311,7 @@ class Session:
         self.stack_depth, self.restart = stack_depth, restart
         self.max_chars, self.context_chars = max_chars, context_chars
         self._index = WordIndex(backend.labels, backend.task)
+        self._words = backend.task == "autocomplete"  # suggestions are words: a prefix filters them
         self.reset()
 
     # ---- the text field ------------------------------------------------------------------------
@@ -383,7 +384,7 @@ class Session:
         if char_id == SPACE:
             self._mark(self._start + len(self.text))
         self.last, self.state = self.backend.step(char_id, self.state, self._word(text))
-        self.text = self._retain(text)
+        self.text = text if len(text) <= self.max_chars else self._retain(text)
         return self.last.top_ids, self.last.top_probs
 
     def complete(self, text: str, k: int = 3) -> list[tuple[str, float]]:
@@ -400,7 +401,7 @@ class Session:
         return self._word(self.text)
 
     def _word(self, text: str) -> str:
-        return text.rsplit(" ", 1)[-1] if self.backend.task == "autocomplete" else ""
+        return text[text.rfind(" ") + 1:] if self._words else ""
 
     def _must_restart(self, text: str) -> bool:
         return self.restart == "observation" and len(text) + WORD_ROOM > self.max_chars
@@ -417,10 +418,8 @@ class Session:
         return " " + " ".join(reversed(words)) + " " if words else " "
 
     def _retain(self, text: str) -> str:
-        """Continuous mode keeps only the last ``max_chars`` symbols, cut at a word boundary
-        (whose mark then stands for everything before it)."""
-        if len(text) <= self.max_chars:
-            return text
+        """Continuous mode keeps only the last ``max_chars`` symbols (``text`` is longer), cut at a
+        word boundary (whose mark then stands for everything before it)."""
         cut = text.find(" ", len(text) - self.max_chars)
         cut = cut if cut >= 0 else len(text) - self.max_chars  # no boundary: a rebuild is approximate
         self._start += cut
