@@ -148,7 +148,6 @@ def top_k_stable(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> n
 
 
 _CHAR_INPUT = [np.array([k], np.int32) for k in range(len(SYMBOLS))]  # the ``char`` feed of each symbol
-_FIRST = [list(range(n)) for n in range(65)]  # [0, ..., n-1]: WordIndex.best's no-copy case
 
 
 def _labels(task: str, words: list[str]) -> list[str]:
@@ -498,7 +497,7 @@ class WordIndex:
         shown = [j for j, i in enumerate(top) if allowed[i] and labels[i].startswith(prefix)][:k]
         # the graph's top-k is the global top-k: if k of it match, they are the range's best k
         if prefix_head or len(shown) == k or out.log_probs is None:
-            if shown == _FIRST[len(shown)]:  # the usual case: a view, not a copy
+            if not shown or shown[-1] == len(shown) - 1:  # positions 0..n-1 (increasing): a view
                 return out.top_ids[:len(shown)], out.top_probs[:len(shown)]
             return out.top_ids[shown], out.top_probs[shown]
         if prefix:
