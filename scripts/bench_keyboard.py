@@ -14,7 +14,8 @@
    against ``restart="observation"`` at each ``--contexts`` length, beside both baselines.
 5. Runtime cost: mean time per keystroke of ``Session.type`` + ``suggestions(3)`` against the bare
    step (ONNX Runtime's ``run`` of the step graph), split into the restarts' prefill calls and the
-   runtime's own Python (fp32 bundle, 1 thread), for each restart policy.
+   runtime's own Python (1 thread): the fp32 bundle under each restart policy, the fp32 and int8
+   prefix-head bundles under the default one. ``--overhead-only`` prints this table alone.
 
 KSR protocol (edge_rnn/keyboard.py): 3 slots; a word of L letters costs L + 1 keystrokes without
 prediction; with it, j + 1 if it is shown after j letters (first j, 0..L; the tap inserts the word
