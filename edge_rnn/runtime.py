@@ -260,8 +260,13 @@ class ONNXBackend:
         if not self.prefix_head:
             return self._run(self.session, feed)
         feed["range"] = span = self.range(prefix)
+        return self._run(self.graph_for(span), feed)
+
+    def graph_for(self, span: np.ndarray):
+        """The step graph for a prefix range: a split head's wide graph when the range is wider
+        than ``full_gemm_above_rows`` (the branch its ``If`` would take), else ``session``."""
         wide = self._wide is not None and span[1] - span[0] > self._wide_above
-        return self._run(self._wide if wide else self.session, feed)
+        return self._wide if wide else self.session
 
     def prefill(self, char_ids: list[int], state: list[np.ndarray], prefix: str = "") -> tuple[StepOutput, list[np.ndarray]]:
         """The bundle's prefill graph: the whole string in one call."""

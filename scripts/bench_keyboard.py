@@ -109,9 +109,8 @@ def overhead(bundle: Path, text: str, n: int, rounds: int = 5, block: int = 250,
         for c in chars:
             prefixes.append("" if c == " " else next(it))
         for k, (feed, prefix) in enumerate(zip(feeds, prefixes)):
-            feed["range"] = span = backend.range(prefix)
-            if wide_graph is not None and span[1] - span[0] > backend._wide_above:
-                graphs[k] = wide_graph
+            feed["range"] = backend.range(prefix)
+            graphs[k] = backend.graph_for(feed["range"])
     prefill = backend._load(backend.manifest["export"]["prefill"]["file"])
     backend.session, backend._prefill = TimedSession(graph), TimedSession(prefill)
     backend._wide = wide_graph and TimedSession(wide_graph)
@@ -136,8 +135,8 @@ def overhead(bundle: Path, text: str, n: int, rounds: int = 5, block: int = 250,
         # typing only, no backspace: every prefill call is a restart
         rows.append((full, bare, sum(t.seconds for t in timed), backend._prefill.seconds, backend._prefill.calls))
     backend.session, backend._prefill, backend._wide = graph, prefill, wide_graph
-    typed, step, in_step, in_prefill, restarts = (x / len(chars) for x in min(rows))
-    restarts = min(rows)[4]
+    full, bare, in_step, in_prefill, restarts = min(rows)
+    typed, step, in_step, in_prefill = (x / len(chars) for x in (full, bare, in_step, in_prefill))
     python = typed - in_step - in_prefill
     return {"keystrokes": len(chars), "options": options, "step_ms": step * 1e3, "session_ms": typed * 1e3,
             "prefill_ms": in_prefill * 1e3, "python_ms": python * 1e3,

@@ -716,7 +716,7 @@ def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: 
     save_shared({**files, **(split_range_head(models["step"]) if prefix_head else {})}, Path(out_dir))
     fragment = {
         "format": "onnx", "opset": OPSET, "ir_version": IR_VERSION, "precision": precision,
-        "files": [STEP_FILE, PREFILL_FILE], "model": STEP_FILE, "weights": WEIGHTS_FILE,
+        "files": list(files), "model": STEP_FILE, "weights": WEIGHTS_FILE,
         "weights_note": "both graphs read their weights from this one file (ONNX external data, "
                         "offsets inside the graphs): load each graph from the bundle folder, or "
                         "hand the file to the runtime (onnxruntime-web: the externalData option)",

@@ -73,8 +73,8 @@ def quantize(source: Source, to: str, tmp: Path) -> dict:
     save_shared({**models, **split}, tmp)  # the graphs quantized alike: their weights stored once again
     shutil.copy2(source.path / VOCAB, tmp / VOCAB)
     export = {"precision": to, "opset_imports": opsets, "weights": WEIGHTS_FILE}
-    if source.manifest["export"].get("prefix_head"):
-        export["prefix_head"] = _prefix_head_fragment(source.manifest["export"]["prefix_head"], to)
+    if prefix_head:
+        export["prefix_head"] = _prefix_head_fragment(prefix_head, to)
     if source.manifest["export"].get("ort"):  # an --ort bundle: its .ort files from the new graphs
         from edge_rnn.export.ort_format import write_ort_format
 
