@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,8 @@ STACK_DEPTH = 64  # keystrokes a backspace can take back without a rebuild
 MAX_CHARS = 200  # the longest observation training saw (edge_rnn.data)
 WORD_ROOM = 16  # characters kept free for the next word when deciding to restart
 CONTEXT_CHARS = 30  # trailing whole words carried into a restarted observation (README: measured)
-SORT_BELOW = 32  # top_k_stable sorts this many scores outright (measured: 2 us vs 7 us at 15)
+SORT_BELOW = 32  # ranges this small are sorted outright (top_k_stable: 2 us vs 7 us at 15; a
+# suggestion search's range: median 2 words, 99 % <= 32 on WikiText-2)
 
 
 def normalise(text: str) -> str:
@@ -462,9 +464,8 @@ class Session:
 
     def suggestion_ids(self, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
         """Output ids and probabilities of the up to ``k`` suggestions (module docstring)."""
-        if self.last is None:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return self._index.best(self.last, self.prefix, k, self.backend.prefix_head)
+        ids, probs = self._best(k)
+        return np.array(ids, np.int64), np.array(probs, np.float32)
 
     def suggestions(self, k: int = 3) -> list[tuple[str, float]]:
         """Up to ``k`` (word, probability), most probable first; [] before anything is typed.
@@ -472,9 +473,13 @@ class Session:
         Autocomplete: words starting with the typed part of the current word (any word right
         after a space). Char LM: the most probable next symbols.
         """
-        ids, probs = self.suggestion_ids(k)
         labels = self.backend.labels
-        return [(labels[i], p) for i, p in zip(ids.tolist(), probs.tolist())]
+        return [(labels[i], p) for i, p in zip(*self._best(k))]
+
+    def _best(self, k: int) -> tuple[list[int], list[float]]:
+        if self.last is None:
+            return [], []
+        return self._index.best(self.last, self.prefix, k, self.backend.prefix_head)
 
 
 class WordIndex:
@@ -488,30 +493,38 @@ class WordIndex:
             self.allowed[UNK] = False
         # alphabetical rank -> output id (char LM: no words, the prefix is always "")
         self.order = 2 + np.argsort(np.array(labels[2:]), kind="stable") if task == "autocomplete" else None
-        self.sorted_words = [labels[i] for i in self.order] if self.order is not None else []
+        self.order_list = self.order.tolist() if self.order is not None else []
+        self.sorted_words = [labels[i] for i in self.order_list]
 
     def candidates(self, prefix: str) -> np.ndarray:
         """Output ids of the words starting with ``prefix``, in alphabetical order."""
         lo, hi = prefix_range(self.sorted_words, prefix, offset=0)
         return self.order[lo:hi]
 
-    def best(self, out: StepOutput, prefix: str, k: int, prefix_head: bool) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` most probable allowed words consistent with ``prefix``; ties: lower id."""
+    def best(self, out: StepOutput, prefix: str, k: int, prefix_head: bool) -> tuple[list[int], list[float]]:
+        """The ``k`` most probable allowed words consistent with ``prefix`` (ids, probabilities);
+        ties: lower id. Python lists, and pure Python for a small range: every NumPy call costs
+        microseconds here, as the model step has just evicted its code and data from the caches
+        (``scripts/bench_keyboard.py`` measures this runtime's cost per keystroke)."""
         labels, allowed = self.labels, self.allowed
         top = out.top_ids.tolist()
         shown = [j for j, i in enumerate(top) if allowed[i] and labels[i].startswith(prefix)][:k]
         # the graph's top-k is the global top-k: if k of it match, they are the range's best k
         if prefix_head or len(shown) == k or out.log_probs is None:
-            if not shown or shown[-1] == len(shown) - 1:  # positions 0..n-1 (increasing): a view
-                return out.top_ids[:len(shown)], out.top_probs[:len(shown)]
-            return out.top_ids[shown], out.top_probs[shown]
+            probs = out.top_probs.tolist()
+            return [top[j] for j in shown], [probs[j] for j in shown]
         if prefix:
-            ids = self.candidates(prefix)
+            lo, hi = prefix_range(self.sorted_words, prefix, offset=0)
+            if hi - lo <= SORT_BELOW:  # most ranges (median 2 words): a sort of (-log p, id), ties to the lower id
+                score = out.log_probs.item
+                ranked = sorted([(-score(i), i) for i in self.order_list[lo:hi]])[:k]
+                return [i for _, i in ranked], [math.exp(-neg) for neg, _ in ranked]
+            ids = self.order[lo:hi]
             best = ids[top_k_stable(out.log_probs[ids], k, ids)]
         else:  # two more than asked for, then <pad> and <unk> out
             best = top_k_stable(out.log_probs, k + 2)
             best = best[[allowed[i] for i in best.tolist()]][:k]
-        return best, np.exp(out.log_probs[best])
+        return best.tolist(), np.exp(out.log_probs[best]).tolist()
 
 
 def open_session(path: Path, threads: int = 1, **options) -> Session:

@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=5.0, help="training budget (wall clock)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (warm-up, cosine decay)")
+    ap.add_argument("--eval-every", type=int, default=10**9,
+                    help="validate (and log training loss) every N steps in metrics.jsonl (default: only at the end)")
     ap.add_argument("--max-words", type=int, default=5000, help="test-split words scored")
     ap.add_argument("--stream-words", type=int, default=2000, help="held-out stream for the streaming rows")
     ap.add_argument("--overhead-chars", type=int, default=3000, help="keystrokes timed for the overhead row")
@@ -200,7 +202,7 @@ def main() -> None:
             run = tmp / "run"
             t0 = time.perf_counter()
             final = train(config, TrainConfig(corpus=str(corpus), steps=10**9, batch_size=args.batch_size, lr=args.lr,
-                                              eval_every=10**9, minutes=args.minutes), run)
+                                              eval_every=args.eval_every, minutes=args.minutes), run)
             print(f"trained {final['steps']} steps in {time.perf_counter() - t0:.0f} s; valid top-1 "
                   f"{final.get('top1', float('nan')):.2%}", flush=True)
         fp32 = export_bundle(run, tmp / "fp32", with_log_probs=True)

@@ -21,7 +21,7 @@ from edge_rnn.data import demo_corpus
 from edge_rnn.export.bundle import export_bundle
 from edge_rnn.io import EdgeRNNError
 from edge_rnn.model import ModelConfig, RNNModel, save
-from edge_rnn.runtime import Session, field_symbols, normalise, open_session
+from edge_rnn.runtime import Session, StepOutput, WordIndex, field_symbols, normalise, open_session
 from edge_rnn.vocab import Vocab
 
 WORDS = [w for w, _ in Counter(demo_corpus(2000, seed=0).split()).most_common(200)]
@@ -173,8 +173,24 @@ def test_suggestions_equal_a_full_sort_of_the_distribution(sources):
         lp = session.last.log_probs
         ok = np.array([i > 1 and w.startswith(session.prefix) for i, w in enumerate(labels)])
         ids = np.flatnonzero(ok)
-        want = [str(labels[i]) for i in ids[np.argsort(-lp[ids], kind="stable")[:3]]]
-        assert [w for w, _ in session.suggestions(3)] == want
+        best = ids[np.argsort(-lp[ids], kind="stable")[:3]]
+        got = session.suggestions(3)
+        assert [w for w, _ in got] == [str(labels[i]) for i in best]
+        assert [p for _, p in got] == pytest.approx(np.exp(lp[best]).tolist(), rel=1e-6)
+
+
+@pytest.mark.parametrize("n_words", [6, 200])  # a range sorted outright; one partitioned (> SORT_BELOW)
+def test_equal_probabilities_suggest_the_lower_id_first(n_words):
+    """The tie rule of every search path: equal log-probabilities keep the lower output id first."""
+    words = sorted(f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(n_words))
+    shuffled = list(np.random.default_rng(0).permutation(words))  # ids in another order than the words
+    index = WordIndex(["<pad>", "<unk>", *shuffled], "autocomplete")
+    log_probs = np.full(n_words + 2, -9.0, np.float32)
+    tied = [5, 2, 7, 3]  # four equally probable words, ids out of order
+    log_probs[tied] = -1.0
+    out = StepOutput(np.array([0, 1, 2], np.int32), np.exp(log_probs[[0, 1, 2]]), log_probs)
+    ids, probs = index.best(out, "w", 3, prefix_head=False)
+    assert ids == [2, 3, 5] and probs == pytest.approx([np.exp(-1.0)] * 3)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
