@@ -82,6 +82,14 @@ def _no_forget_bias(model: RNNModel, config):
     return model, config
 
 
+def _no_inner_forget_bias(model: RNNModel, config):
+    """A Nested LSTM's inner levels with every gate bias at 0 (the outer forget bias +1 kept)."""
+    for cell in model.layers:
+        for level in getattr(cell, "inner", []):
+            level.b = mx.zeros(level.b.shape)
+    return model, config
+
+
 def _constant_lr(model, config):
     """The recipe's schedule off: a constant learning rate."""
     return model, replace(config, schedule="constant")
@@ -110,6 +118,7 @@ VARIANTS = {
     "no-bias-correction": _no_bias_correction,
     "torch-init": _torch_init,
     "no-forget-bias": _no_forget_bias,
+    "no-inner-forget-bias": _no_inner_forget_bias,
     "constant-lr": _constant_lr,
     "no-clip": _no_clip,
 }

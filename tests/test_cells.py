@@ -89,16 +89,16 @@ def test_gradients_match_finite_differences(name, depth):
         np.testing.assert_allclose(np.array(grads[key]), fd, atol=1e-6, rtol=1e-5, err_msg=key)
 
 
-def test_forget_bias_starts_at_one():
+def test_only_the_lstm_starts_with_a_forget_bias():
     H = 6
     lstm = make_cell("lstm", 3, H)
     np.testing.assert_array_equal(np.array(lstm.b[H : 2 * H]), 1.0)  # i, f, g, o
     np.testing.assert_array_equal(np.array(lstm.b[:H]), 0.0)
     cifg = make_cell("cifg", 3, H)  # f = 1 - sigmoid(i): no forget bias (tests/test_learning.py)
     np.testing.assert_array_equal(np.array(cifg.b), 0.0)
-    nlstm = make_cell("nlstm", 3, H, depth=3)
+    nlstm = make_cell("nlstm", 3, H, depth=3)  # at every depth (tests/test_learning.py)
     for b in [nlstm.b] + [level.b for level in nlstm.inner]:
-        np.testing.assert_array_equal(np.array(b[H : 2 * H]), 1.0)
+        np.testing.assert_array_equal(np.array(b), 0.0)
 
 
 def test_initialisation_is_glorot_and_orthogonal():
