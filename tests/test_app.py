@@ -150,10 +150,17 @@ def test_server_types_and_routes(app_bundles):
         server.shutdown()
 
 
+def _interruptible() -> None:
+    """Ctrl-C as at a terminal: a test run started in the background (``cmd &``) ignores SIGINT,
+    its children inherit that, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_demo_cli_prints_url_and_stops_on_ctrl_c(app_bundles):
     proc = subprocess.Popen([sys.executable, "-c", "from cli.main import main; main()", "demo",
                              str(app_bundles["plain"])], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
+                            preexec_fn=_interruptible)
     try:
         line = proc.stdout.readline()
         found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -162,7 +169,10 @@ def test_demo_cli_prints_url_and_stops_on_ctrl_c(app_bundles):
             assert b"edge-rnn autocomplete" in response.read()
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            proc.kill()  # never leave a server behind when it did not stop
     assert proc.returncode == 0 and "stopped" in out
 
 
