@@ -66,8 +66,9 @@ STACK_DEPTH = 64  # keystrokes a backspace can take back without a rebuild
 MAX_CHARS = 200  # the longest observation training saw (edge_rnn.data)
 WORD_ROOM = 16  # characters kept free for the next word when deciding to restart
 CONTEXT_CHARS = 30  # trailing whole words carried into a restarted observation (README: measured)
-SORT_BELOW = 32  # ranges this small are sorted outright (top_k_stable: 2 us vs 7 us at 15; a
-# suggestion search's range: median 2 words, 99 % <= 32 on WikiText-2)
+# ranges this small are sorted outright (top_k_stable: 2 us vs 7 us at 15); a suggestion search's
+# range on WikiText-2: median 2 words, 99 % <= 32
+SORT_BELOW = 32
 
 
 def normalise(text: str) -> str:

@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 from edge_rnn import train as training  # noqa: E402
 from edge_rnn.bench import CORPUS_DIR  # noqa: E402
 from edge_rnn.data import make_splits, normalise  # noqa: E402
+from edge_rnn.cells import NestedLSTM  # noqa: E402
 from edge_rnn.evaluate import evaluate  # noqa: E402
 from edge_rnn.model import ModelConfig, RNNModel  # noqa: E402
 from edge_rnn.schedule import learning_rate  # noqa: E402
@@ -82,11 +83,15 @@ def _no_forget_bias(model: RNNModel, config):
     return model, config
 
 
-def _no_inner_forget_bias(model: RNNModel, config):
-    """A Nested LSTM's inner levels with every gate bias at 0 (the outer forget bias +1 kept)."""
+def _nlstm_forget_bias(model: RNNModel, config, inner: bool = True):
+    """The Nested LSTM's init before 2026-12-03 (the reference's): forget bias +1 at every depth;
+    ``inner=False``: on the outer level only."""
+    H = model.config.units
     for cell in model.layers:
-        for level in getattr(cell, "inner", []):
-            level.b = mx.zeros(level.b.shape)
+        if isinstance(cell, NestedLSTM):
+            cell._set_bias("f", 1.0)
+            for level in cell.inner if inner else []:
+                level.b = level.b.at[H : 2 * H].add(1.0)
     return model, config
 
 
@@ -118,7 +123,8 @@ VARIANTS = {
     "no-bias-correction": _no_bias_correction,
     "torch-init": _torch_init,
     "no-forget-bias": _no_forget_bias,
-    "no-inner-forget-bias": _no_inner_forget_bias,
+    "nlstm-forget-bias": _nlstm_forget_bias,
+    "nlstm-outer-forget-bias": lambda m, c: _nlstm_forget_bias(m, c, inner=False),
     "constant-lr": _constant_lr,
     "no-clip": _no_clip,
 }
