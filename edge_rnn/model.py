@@ -73,6 +73,29 @@ class ModelConfig:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class Dropout:
+    """Inverted dropout on the non-recurrent connections only: the embedding's output, between
+    layers and before the head, never the recurrent state (Zaremba et al., 2014, "Recurrent Neural
+    Network Regularization": masks on h_{t-1} would erase the memory the cell exists to keep).
+
+    A mask is a pure function of ``key``, the site and the *global* batch row: a data-parallel rank
+    draws the global batch's mask and keeps its own ``rows``, so 2 ranks train exactly as one
+    process does, and a resumed run draws the masks the uninterrupted run drew.
+    """
+
+    rate: float
+    key: mx.array
+    batch: int  # rows of the global batch
+    rows: slice | None = None  # this rank's rows of it (None: all)
+
+    def __call__(self, x: mx.array, site: int) -> mx.array:
+        """``x`` (B, T, D) at connection ``site`` (0: the embedding, k: layer k's output)."""
+        key = mx.random.split(self.key, site + 1)[site]
+        keep = mx.random.bernoulli(1 - self.rate, (self.batch, *x.shape[1:]), key=key)[self.rows or slice(None)]
+        return mx.where(keep, x * (1 / (1 - self.rate)), 0)
+
+
 class RNNModel(nn.Module):
     """Embedding -> ``layers`` cells -> linear head, with the same step protocol as the cells."""
 
@@ -103,13 +126,19 @@ class RNNModel(nn.Module):
     def initial_state(self, batch: int) -> list[State]:
         return [cell.initial_state(batch) for cell in self.layers]
 
-    def __call__(self, ids: mx.array, state: list[State] | None = None) -> tuple[mx.array, list[State]]:
-        """``ids`` (B, T) -> logits (B, T, n_outputs) and the final state of every layer."""
-        x = self.embed(ids)
+    def __call__(self, ids: mx.array, state: list[State] | None = None,
+                 dropout: Dropout | None = None) -> tuple[mx.array, list[State]]:
+        """``ids`` (B, T) -> logits (B, T, n_outputs) and the final state of every layer.
+
+        ``dropout`` is for training only; evaluation and export never pass it.
+        """
+        drop = dropout or (lambda x, site: x)
+        x = drop(self.embed(ids), 0)
         state = state or [None] * len(self.layers)
         new_state = []
-        for cell, s in zip(self.layers, state):
+        for k, (cell, s) in enumerate(zip(self.layers, state), start=1):
             x, s = cell(x, s)
+            x = drop(x, k)
             new_state.append(s)
         return self.output(x), new_state
 
@@ -129,12 +158,13 @@ class RNNModel(nn.Module):
             weights = weights & (targets != UNK)
         return weights
 
-    def loss(self, ids: mx.array, targets: mx.array) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    def loss(self, ids: mx.array, targets: mx.array,
+             dropout: Dropout | None = None) -> tuple[mx.array, tuple[mx.array, mx.array]]:
         """Mean cross-entropy over the tokens that carry loss; also (their count, top-1 hits).
 
         The extra outputs ride along so that training can show accuracy without a second forward.
         """
-        logits, _ = self(ids)
+        logits, _ = self(ids, dropout=dropout)
         weights = self.loss_weights(targets)
         if all(cell.manual_backward for cell in self.layers):  # fast path: fused softmax backward
             ce, top1 = cross_entropy(logits, targets)

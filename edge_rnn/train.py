@@ -67,6 +67,7 @@ class TrainConfig:
     schedule: str = "cosine"  # edge_rnn.schedule: warm-up, then cosine decay to the end of the budget
     warmup: int | None = None  # warm-up steps; None: 5 % of steps, at most 100
     adam_bias_correction: bool = True  # MLX's Adam defaults to False: up to ~6x the lr early on
+    dropout: float = 0.0  # rate on the non-recurrent connections (model.Dropout); 0: none
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "eval_batches"):
@@ -77,6 +78,8 @@ class TrainConfig:
         for name in ("lr", "checkpoint_minutes", "log_seconds"):
             if not getattr(self, name) > 0:
                 raise EdgeRNNError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise EdgeRNNError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.schedule not in schedule.SCHEDULES:
             raise EdgeRNNError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(schedule.SCHEDULES)}")
 
@@ -104,14 +107,21 @@ def batch_at(data: Dataset, step: int, batch_size: int, seed: int, max_len: int)
 
 
 def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None,
-              ranks: distributed.Ranks = distributed.Ranks(None)) -> Callable:
-    """One compiled update: loss, gradients (averaged over ranks, clipped if asked), Adam."""
+              ranks: distributed.Ranks = distributed.Ranks(None), dropout: float = 0.0,
+              batch_size: int | None = None) -> Callable:
+    """One compiled update: loss, gradients (averaged over ranks, clipped if asked), Adam.
+
+    ``step(ids, targets)``; with ``dropout`` > 0, ``step(ids, targets, key)``: the key of this
+    step's masks drawn over the global batch of ``batch_size`` rows (this rank's rows of it).
+    """
     loss_and_grad = nn.value_and_grad(model, model.loss)
     state = [model.state, optimizer.state]
+    rows = distributed.shard(batch_size, ranks) if dropout else None
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def step(ids, targets):
-        (loss, (n, hits)), grads = loss_and_grad(ids, targets)
+    def step(ids, targets, key=None):
+        masks = modeling.Dropout(dropout, key, batch_size, rows) if dropout else None
+        (loss, (n, hits)), grads = loss_and_grad(ids, targets, masks)
         loss, n, hits, grads = distributed.reduce_step(loss, n, hits, grads, ranks)
         if clip is not None:
             grads, _ = optim.clip_grad_norm(grads, clip)
@@ -360,7 +370,7 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
         raise EdgeRNNError(f"{run_dir} already reached step {start}; pass a larger --steps to continue")
     if not ranks.main:
         progress = echo = None
-    step_fn = make_step(model, optimizer, config.clip, ranks)
+    step_fn = make_step(model, optimizer, config.clip, ranks, config.dropout, config.batch_size)
     try:
         return _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks, rows, progress, echo)
     except RuntimeError as err:
@@ -385,7 +395,11 @@ def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks,
             ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
             elapsed = _elapsed(started, config, ranks)
             optimizer.learning_rate = schedule.learning_rate(config, step, elapsed)
-            loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]))
+            masks = ()
+            if config.dropout:  # the key after `step` is what its checkpoint keeps
+                key, masks = mx.random.split(key)
+                masks = (masks,)
+            loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]), *masks)
             crash_point("step")
             stats = window.add(loss, n, hits, ids)
             if progress:

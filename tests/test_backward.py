@@ -10,7 +10,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from edge_rnn import ext, loss
 from edge_rnn.cells import make_cell
-from edge_rnn.model import ModelConfig, RNNModel
+from edge_rnn.model import Dropout, ModelConfig, RNNModel
 
 CASES = [("rnn", 2), ("gru", 2), ("lstm", 2), ("cifg", 2), ("nlstm", 2), ("nlstm", 3)]
 IDS = [f"{c}-d{d}" if c == "nlstm" else c for c, d in CASES]
@@ -102,10 +102,13 @@ def tiny_model(cell, depth=2):
     return RNNModel(cfg)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3], ids=["", "dropout"])
 @pytest.mark.parametrize("name,depth", CASES, ids=IDS)
-def test_model_loss_gradients_manual_equal_autodiff(name, depth):
-    """Whole model: embedding -> cells -> head -> masked cross-entropy (fused on the manual path)."""
+def test_model_loss_gradients_manual_equal_autodiff(name, depth, dropout):
+    """Whole model: embedding -> (dropout) -> cells -> head -> masked cross-entropy (fused on the
+    manual path); with dropout both paths see the same masks."""
     model = tiny_model(name, depth)
+    masks = Dropout(dropout, mx.random.key(2), batch=4) if dropout else None
     rng = np.random.default_rng(4)
     ids = mx.array(rng.integers(0, 28, (4, 11)))
     targets = mx.array(rng.integers(0, model.config.n_outputs, (4, 11)))  # includes <pad>/<unk>
@@ -113,7 +116,7 @@ def test_model_loss_gradients_manual_equal_autodiff(name, depth):
     for manual in (True, False):
         for cell in model.layers:
             cell.manual_backward = manual
-        (value, (n, hits)), grads = nn.value_and_grad(model, model.loss)(ids, targets)
+        (value, (n, hits)), grads = nn.value_and_grad(model, model.loss)(ids, targets, masks)
         results[manual] = value, n, hits, dict(tree_flatten(grads))
     (v_m, n_m, h_m, g_m), (v_a, n_a, h_a, g_a) = results[True], results[False]
     np.testing.assert_allclose(v_m.item(), v_a.item(), rtol=1e-6)

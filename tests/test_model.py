@@ -7,7 +7,7 @@ from mlx.utils import tree_flatten, tree_map
 
 import reference as ref
 from edge_rnn.io import EdgeRNNError
-from edge_rnn.model import ModelConfig, RNNModel, dense_parameters, load, load_preset, preset_names, save
+from edge_rnn.model import Dropout, ModelConfig, RNNModel, dense_parameters, load, load_preset, preset_names, save
 from edge_rnn.vocab import Vocab
 
 
@@ -58,6 +58,36 @@ def test_pad_embeds_to_zero_and_step_matches_sequence():
         np.testing.assert_allclose(np.array(step_logits), np.array(logits[:, t]), atol=1e-5)
     for (a,), (b,) in zip(state, final):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-6)
+
+
+def test_dropout_masks_are_inverted_per_site_and_split_over_ranks():
+    """Kept units are scaled by 1/(1-p), about 1-p of them are kept, each site has its own mask, and
+    a rank's rows are exactly the global batch's mask rows (so data-parallel equals one process)."""
+    x = mx.ones((8, 50, 40))
+    drop = Dropout(0.25, mx.random.key(7), batch=8)
+    a, b = np.array(drop(x, 0)), np.array(drop(x, 1))
+    np.testing.assert_allclose(np.unique(a), [0, 1 / 0.75], rtol=1e-6)
+    assert abs((a > 0).mean() - 0.75) < 0.01 and abs(a.mean() - 1) < 0.02
+    assert 0.5 < (a == b).mean() < 0.7  # independent masks agree on ~0.75^2 + 0.25^2 of the units
+    np.testing.assert_array_equal(np.array(drop(x, 0)), a)  # a pure function of (key, site)
+    rank1 = Dropout(0.25, mx.random.key(7), batch=8, rows=slice(4, 8))
+    np.testing.assert_array_equal(np.array(rank1(x[4:], 0)), a[4:])
+
+
+def test_dropout_touches_training_only_and_never_the_recurrent_state():
+    """With dropout the logits change but the state a layer carries is the one the (dropped) input
+    gives it; without it the forward is the evaluation forward, bit for bit."""
+    model = random_model(cell="gru", layers=1)
+    ids = mx.array(IDS)
+    clean, (clean_state,) = model(ids)
+    drop = Dropout(0.5, mx.random.key(0), batch=2)
+    dropped, (state,) = model(ids, dropout=drop)
+    assert not np.allclose(np.array(dropped), np.array(clean))
+    x = drop(model.embed(ids), 0)
+    h, (want,) = model.layers[0](x)
+    np.testing.assert_array_equal(np.array(state[0] if isinstance(state, tuple) else state), np.array(want))
+    np.testing.assert_allclose(np.array(dropped), np.array(model.output(drop(h, 1))), atol=1e-6)
+    np.testing.assert_array_equal(np.array(model(ids)[0]), np.array(clean))
 
 
 def test_loss_masks_pad_and_unk():

@@ -37,12 +37,14 @@ def test_run_dir_holds_config_weights_vocab_metrics(trained):
     assert len(vocab) == model.config.n_outputs == final["vocab_size"] + 2
 
 
-def test_resume_replays_the_uninterrupted_run_exactly(tmp_path, corpus):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_resume_replays_the_uninterrupted_run_exactly(tmp_path, corpus, dropout):
+    """Also with dropout: the checkpoint carries the key of the masks still to come."""
     cfg = load_preset("tiny")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     # constant rate: the default cosine is fitted to --steps, so a 3-step run extended to 6 on
     # resume decays differently from a 6-step run by design
-    settings = dict(corpus=corpus, batch_size=4, eval_every=3, eval_batches=1, schedule="constant")
+    settings = dict(corpus=corpus, batch_size=4, eval_every=3, eval_batches=1, schedule="constant", dropout=dropout)
     train(cfg, TrainConfig(steps=6, **settings), straight)
     train(cfg, TrainConfig(steps=3, **settings), resumed)
     train(cfg, TrainConfig(steps=6), resumed, resume=True)  # settings come from the run's train.json
