@@ -13,7 +13,9 @@ last checkpoint, or from step 0 if it had none, and ends bit-identical to an uni
 
 Determinism: the data order of step ``s`` is a pure function of ``(seed, s)`` (one seeded
 permutation per epoch), and the model is initialised from ``seed``; so a run resumed from its
-checkpoint sees the same batches, in the same order, as an uninterrupted run.
+checkpoint sees the same batches, in the same order, as an uninterrupted run. With dropout, each
+step splits the run's RNG key in two (the masks' key and the next key), and the checkpoint carries
+the key, so a resumed run draws the same masks too.
 """
 
 from __future__ import annotations
