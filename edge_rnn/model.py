@@ -92,7 +92,8 @@ class Dropout:
     def __call__(self, x: mx.array, site: int) -> mx.array:
         """``x`` (B, T, D) at connection ``site`` (0: the embedding, k: layer k's output)."""
         key = mx.random.split(self.key, site + 1)[site]
-        keep = mx.random.bernoulli(1 - self.rate, (self.batch, *x.shape[1:]), key=key)[self.rows or slice(None)]
+        keep = mx.random.bernoulli(1 - self.rate, (self.batch, *x.shape[1:]), key=key)
+        keep = keep[self.rows or slice(None)]
         return mx.where(keep, x * (1 / (1 - self.rate)), 0)
 
 

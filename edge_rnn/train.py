@@ -397,11 +397,11 @@ def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks,
             ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
             elapsed = _elapsed(started, config, ranks)
             optimizer.learning_rate = schedule.learning_rate(config, step, elapsed)
-            masks = ()
-            if config.dropout:  # the key after `step` is what its checkpoint keeps
-                key, masks = mx.random.split(key)
-                masks = (masks,)
-            loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]), *masks)
+            dropout_key = ()
+            if config.dropout:  # one half draws this step's masks; the checkpoint keeps the other
+                key, step_key = mx.random.split(key)
+                dropout_key = (step_key,)
+            loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]), *dropout_key)
             crash_point("step")
             stats = window.add(loss, n, hits, ids)
             if progress:
