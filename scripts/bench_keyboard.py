@@ -40,7 +40,7 @@ from edge_rnn.export.bundle import export_bundle
 from edge_rnn.keyboard import RunKeyboard, evaluate_keyboard, first_words, model_keyboard, relabel
 from edge_rnn.model import load_preset
 from edge_rnn.quantize import quantize
-from edge_rnn.runtime import SYMBOL_ID, open_session
+from edge_rnn.runtime import CONTEXT_CHARS, SYMBOL_ID, open_session
 from edge_rnn.train import TrainConfig, train
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -144,15 +144,17 @@ def overhead(bundle: Path, text: str, n: int, rounds: int = 5, block: int = 250,
 
 
 def runtime_costs(fp32: Path, prefix: Path, int8_prefix: Path, stream: str, args) -> dict:
-    """``overhead`` of each bundle under the default policy (continuous) and, for the fp32 full
-    head, under observation restarts at each ``--contexts`` length."""
-    observation = {f"restart=observation, context {c}": {"restart": "observation", "context_chars": c}
-                   for c in args.contexts}
-    costs = {f"fp32 + log_probs, {name}": overhead(fp32, stream, args.overhead_chars, **o)
-             for name, o in {"restart=continuous (default)": {"restart": "continuous"}, **observation}.items()}
+    """``overhead`` of the fp32 full head streaming continuously and under observation restarts at
+    each ``--contexts`` length; of the prefix-head bundles under the default policy."""
+    def policy(c: int) -> str:
+        return f"restart=observation, context {c}" + (" (default)" if c == CONTEXT_CHARS else "")
+
+    costs = {"fp32 + log_probs, restart=continuous": overhead(fp32, stream, args.overhead_chars, restart="continuous")}
+    for c in args.contexts:
+        costs[f"fp32 + log_probs, {policy(c)}"] = overhead(fp32, stream, args.overhead_chars,
+                                                          restart="observation", context_chars=c)
     for name, bundle in (("fp32 prefix head", prefix), ("int8 prefix head", int8_prefix)):
-        costs[f"{name}, restart=continuous (default)"] = overhead(bundle, stream, args.overhead_chars,
-                                                                  restart="continuous")
+        costs[f"{name}, {policy(CONTEXT_CHARS)}"] = overhead(bundle, stream, args.overhead_chars)
     return costs
 
 

@@ -28,8 +28,8 @@ WORDS = [w for w, _ in Counter(demo_corpus(2000, seed=0).split()).most_common(20
 TEXT = demo_corpus(30, seed=5)[:150]  # ~25 words of the same generator
 CELLS = [("rnn", 1), ("gru", 2), ("lstm", 1), ("cifg", 1), ("nlstm", 1)]
 # small sizes so that a short text crosses the stack's bottom, drops the front of the retained
-# text (continuous, the default) or restarts observations
-SMALL = dict(stack_depth=5, max_chars=48, context_chars=12)
+# text (continuous) or restarts observations (the default)
+SMALL = dict(stack_depth=5, max_chars=48, context_chars=12, restart="continuous")
 OBSERVATION = dict(SMALL, restart="observation")
 
 

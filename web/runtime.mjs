@@ -251,7 +251,7 @@ class Mark {
 
 /** A text field: type into it, take characters back, accept suggestions. */
 export class Session {
-  constructor(backend, { stackDepth = STACK_DEPTH, restart = "continuous", maxChars = MAX_CHARS,
+  constructor(backend, { stackDepth = STACK_DEPTH, restart = "observation", maxChars = MAX_CHARS,
     contextChars = CONTEXT_CHARS } = {}) {
     if (!RESTARTS.includes(restart)) {
       throw new EdgeRNNError(`unknown restart policy ${restart}; choose one of: ${RESTARTS.join(", ")}`);
