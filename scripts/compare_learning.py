@@ -23,6 +23,7 @@ import argparse
 import json
 import platform
 import sys
+import textwrap
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -245,7 +246,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
     cells = sorted({r["cell"] for r in results}, key=CELLS.index)
     layers = sorted({r["layers"] for r in results})
-    fig, axes = plt.subplots(len(layers), len(cells), figsize=(3.2 * len(cells), 2.8 * len(layers)),
+    fig, axes = plt.subplots(len(layers), len(cells), figsize=(max(3.2 * len(cells), 5), 2.8 * len(layers) + 0.6),
                              squeeze=False, sharex=True, sharey=True)
     for r in results:
         ax = axes[layers.index(r["layers"])][cells.index(r["cell"])]
@@ -262,7 +263,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     for row in axes:
         row[0].set_ylabel("valid cross-entropy")
     max(axes.flat, key=lambda a: len(a.lines)).legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, width=int(13 * fig.get_figwidth())), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
