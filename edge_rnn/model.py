@@ -81,7 +81,8 @@ class Dropout:
 
     A mask is a pure function of ``key``, the site and the *global* batch row: a data-parallel rank
     draws the global batch's mask and keeps its own ``rows``, so 2 ranks train exactly as one
-    process does, and a resumed run draws the masks the uninterrupted run drew.
+    process does, and a resumed run draws the masks the uninterrupted run drew. (``nn.Dropout``
+    draws from MLX's global RNG and its own batch, so it can promise neither.)
     """
 
     rate: float

@@ -204,8 +204,9 @@ def main() -> None:
         if run is None:
             run = tmp / "run"
             t0 = time.perf_counter()
-            final = train(config, TrainConfig(corpus=str(corpus), steps=10**9, batch_size=args.batch_size, lr=args.lr, dropout=args.dropout,
-                                              eval_every=args.eval_every, minutes=args.minutes), run)
+            final = train(config, TrainConfig(corpus=str(corpus), steps=10**9, batch_size=args.batch_size, lr=args.lr,
+                                              dropout=args.dropout, eval_every=args.eval_every,
+                                              minutes=args.minutes), run)
             print(f"trained {final['steps']} steps in {time.perf_counter() - t0:.0f} s; valid top-1 "
                   f"{final.get('top1', float('nan')):.2%}", flush=True)
         fp32 = export_bundle(run, tmp / "fp32", with_log_probs=True)
