@@ -156,7 +156,13 @@ class CoreMLBackend:
             return self.model.make_state()
         return [np.zeros((1, self.units), np.float32) for _ in self.names]
 
-    def step(self, char_id: int, state: Any, prefix: str = "") -> tuple[StepOutput, Any]:
+    def ring(self, depth: int) -> None:
+        """Core ML returns new arrays (or keeps its MLState): no ring."""
+
+    def own(self, state: Any) -> Any:
+        return state
+
+    def step(self, char_id: int, state: Any, prefix: str = "", slot: int | None = None) -> tuple[StepOutput, Any]:
         feed = {"char": np.array([char_id], np.int32)}
         if self.form == "mlstate":
             out = self.model.predict(feed, state=state)

@@ -24,6 +24,16 @@ stepping for fp32 bundles (the prefill graph computes the same arithmetic) and M
 steps in one lazy graph), so a rebuild is too (``tests/test_runtime.py``); for quantized
 bundles it is equal within quantization noise (dynamic activation scales are taken per call).
 
+**Output ring.** ONNX Runtime's ``run`` allocates every output of every keystroke, and a 64-deep
+stack frees one keystroke's outputs (40 KB of ``log_probs`` at 10k words) 64 keystrokes later,
+when nothing of them is in any cache: together 15-35 us of a 220-280 us step (README). So a Session
+numbers its keystrokes (``slot``: +1 per step, -1 per backspace pop; the stack's entries are the
+last ``stack_depth`` slots, consecutive) and an ONNX backend keeps ``stack_depth + 2`` preallocated
+slots that ONNX Runtime writes in place through one IOBinding each; a keystroke whose state is the
+previous slot's reads it in place. Outputs and states of a slot are valid until the slot comes
+round again: what must live longer (the marks) is copied with ``Backend.own``. A prefix-range head
+whose range holds fewer than ``top_k`` words (a shorter top-k) runs the plain way.
+
 **Long input.** Models are trained on observations of at most 200 characters that start from a
 zero state. ``restart="observation"`` (the default) does what training did: at a word boundary,
 once the observation since the last restart could not take another word within ``max_chars``, it
@@ -116,9 +126,19 @@ class Backend(Protocol):
 
     def initial_state(self) -> Any: ...
 
-    def step(self, char_id: int, state: Any, prefix: str = "") -> tuple[StepOutput, Any]:
+    def step(self, char_id: int, state: Any, prefix: str = "", slot: int | None = None) -> tuple[StepOutput, Any]:
         """One keystroke. ``prefix``: the typed part of the current word after it ("" at a word
-        boundary); a prefix-range head computes only those words, other backends ignore it."""
+        boundary); a prefix-range head computes only those words, other backends ignore it.
+        ``slot``: the keystroke's number in a Session (module docstring, "Output ring"); a backend
+        may write the outputs into its ring slot instead of new arrays."""
+        ...
+
+    def ring(self, depth: int) -> None:
+        """Keep the outputs of the last ``depth`` slots valid (a Session's stack depth)."""
+        ...
+
+    def own(self, state: Any) -> Any:
+        """``state``, safe to keep for any number of later steps (a copy where it lives in a ring)."""
         ...
 
     def prefill(self, char_ids: list[int], state: Any, prefix: str = "") -> tuple[StepOutput, Any]:
@@ -178,10 +198,16 @@ class MLXBackend:
     def initial_state(self) -> Any:
         return self.model.initial_state(1)
 
-    def step(self, char_id: int, state: Any, prefix: str = "") -> tuple[StepOutput, Any]:
+    def step(self, char_id: int, state: Any, prefix: str = "", slot: int | None = None) -> tuple[StepOutput, Any]:
         mx = self._mx
         logits, state = self.model.step(mx.array([char_id], dtype=mx.int32), state)
         return self._output(logits[0], state), state
+
+    def ring(self, depth: int) -> None:
+        """MLX arrays are immutable: every step's outputs are new, nothing to keep."""
+
+    def own(self, state: Any) -> Any:
+        return state
 
     def prefill(self, char_ids: list[int], state: Any, prefix: str = "") -> tuple[StepOutput, Any]:
         """Every step in one lazy graph, evaluated once. Not the sequence call: its input
@@ -204,7 +230,9 @@ class MLXBackend:
 class ONNXBackend:
     """An exported ONNX bundle in ONNX Runtime: needs only the bundle, never the run."""
 
-    def __init__(self, bundle_dir: Path, threads: int = 1):
+    def __init__(self, bundle_dir: Path, threads: int = 1, in_place: bool = True):
+        """``in_place=False``: never keep a ring, every step returns new arrays (how a
+        benchmark runs graphs that have no ring, like for like)."""
         import onnxruntime as ort
 
         from edge_rnn.export.bundle import VOCAB, read_manifest
@@ -220,6 +248,7 @@ class ONNXBackend:
         self.state_names = [s["name"] for s in manifest["state"]]
         self.units = manifest["model"]["units"]
         self.prefix_head = bool(manifest["export"].get("prefix_head"))
+        self.top_k = manifest["top_k"]
         self.sorted_words = self._sorted_words(bundle_dir) if self.prefix_head else []
         self.options = ort.SessionOptions()
         # a keyboard has one core to spare
@@ -235,6 +264,8 @@ class ONNXBackend:
         self._fetch = ["top_ids", "top_probs", *(["log_probs"] if self._has_log_probs else []),
                        *(f"{name}_next" for name in self.state_names)]
         self._prefill = None  # loaded on first use: most sessions never need it
+        self.in_place = in_place
+        self._slots: list[Slot] = []  # the output ring (``ring``): none until a Session asks
 
     def _load(self, file: str):
         return self._ort.InferenceSession(str(self.bundle_dir / file), self.options,
@@ -255,15 +286,73 @@ class ONNXBackend:
         """The ``range`` input of a prefix-range head for the typed ``prefix``."""
         return np.array(prefix_range(self.sorted_words, prefix), np.int32)
 
-    def step(self, char_id: int, state: list[np.ndarray], prefix: str = "") -> tuple[StepOutput, list[np.ndarray]]:
+    def step(self, char_id: int, state: list[np.ndarray], prefix: str = "",
+             slot: int | None = None) -> tuple[StepOutput, list[np.ndarray]]:
         """One keystroke; a split prefix-range head runs its wide graph for wide ranges (the
-        branch its ``If`` would take), its narrow graph otherwise."""
+        branch its ``If`` would take), its narrow graph otherwise. With a ``slot`` and a ring, in
+        place (``_step_in_ring``); otherwise the outputs are new arrays."""
+        span = self.range(prefix) if self.prefix_head else None
+        graph = self.graph_for(span) if self.prefix_head else self.session
+        if slot is not None and self._slots and (span is None or span[1] - span[0] >= self.top_k):
+            return self._step_in_ring(graph, char_id, state, span, slot % len(self._slots))
         feed = dict(zip(self.state_names, state))
         feed["char"] = _CHAR_INPUT[char_id]
-        if not self.prefix_head:
-            return self._run(self.session, feed)
-        feed["range"] = span = self.range(prefix)
-        return self._run(self.graph_for(span), feed)
+        if span is not None:
+            feed["range"] = span
+        return self._run(graph, feed)
+
+    # ---- the output ring -----------------------------------------------------------------------
+
+    def ring(self, depth: int) -> None:
+        """Preallocate ``depth + 2`` output slots (module docstring, "Output ring")."""
+        if not self.in_place or any(o["dtype"] not in _DTYPES for o in self.manifest["outputs"]):
+            return  # every step runs the plain way
+        shape = {"batch": 1, "k": self.top_k}
+        self._slots = [Slot.new(self.manifest["outputs"], shape, self.state_names) for _ in range(depth + 2)]
+        self._char = np.zeros(1, np.int32)  # the inputs every binding reads, set before each run
+        self._range = np.zeros(2, np.int32)
+        self._loose = [np.zeros((1, self.units), np.float32) for _ in self.state_names]  # a state from elsewhere
+        self._bindings: dict[tuple[int, int, bool], Any] = {}
+
+    def own(self, state: list[np.ndarray]) -> list[np.ndarray]:
+        return [a.copy() for a in state] if self._slots else state
+
+    def _step_in_ring(self, graph, char_id: int, state: list[np.ndarray], span: np.ndarray | None,
+                      k: int) -> tuple[StepOutput, list[np.ndarray]]:
+        """Write the keystroke's outputs into slot ``k``: its graph reads the state in place when
+        ``state`` is slot ``k - 1``'s (the keystroke before), else from a copy (after a rebuild,
+        a restart, a backspace into a state from elsewhere)."""
+        chained = state is self._slots[k - 1].state
+        if not chained:
+            for loose, a in zip(self._loose, state):
+                loose[...] = a
+        self._char[0] = char_id
+        if span is not None:
+            self._range[...] = span
+        key = (id(graph), k, chained)
+        binding = self._bindings.get(key) or self._bind(graph, k, chained)
+        graph.run_with_iobinding(binding)
+        slot = self._slots[k]
+        return slot.out, slot.state
+
+    def _bind(self, graph, k: int, chained: bool):
+        """The IOBinding of slot ``k`` on ``graph``: buffers by address, so each run reads and
+        writes them in place; made on first use, kept."""
+        binding = graph.io_binding()
+
+        def bind(name: str, a: np.ndarray, output: bool = False) -> None:
+            how = binding.bind_output if output else binding.bind_input
+            how(name, "cpu", 0, a.dtype.type, list(a.shape), a.ctypes.data)
+
+        bind("char", self._char)
+        if self.prefix_head:
+            bind("range", self._range)
+        for name, a in zip(self.state_names, self._slots[k - 1].state if chained else self._loose):
+            bind(name, a)
+        for name, a in self._slots[k].buffers.items():
+            bind(name, a, output=True)
+        self._bindings[(id(graph), k, chained)] = binding
+        return binding
 
     def graph_for(self, span: np.ndarray):
         """The step graph for a prefix range: a split head's wide graph when the range is wider
@@ -286,6 +375,25 @@ class ONNXBackend:
     def _run(self, session, feed: dict) -> tuple[StepOutput, list[np.ndarray]]:
         out = session.run(self._fetch, feed)
         return StepOutput(out[0][0], out[1][0], out[2][0] if self._has_log_probs else None), out[self._n_fixed:]
+
+
+_DTYPES = {"float32": np.float32, "int32": np.int32, "int64": np.int64}
+
+
+class Slot(NamedTuple):
+    """One keystroke's outputs in an ONNXBackend's ring: ONNX Runtime writes them in place."""
+
+    buffers: dict[str, np.ndarray]  # every output of the step graph, by name
+    out: StepOutput  # views of the buffers
+    state: list[np.ndarray]  # views of the ``*_next`` buffers: the state after the keystroke
+
+    @classmethod
+    def new(cls, outputs: list[dict], shape: dict[str, int], state_names: list[str]) -> Slot:
+        buffers = {o["name"]: np.zeros([shape.get(d, d) for d in o["shape"]], _DTYPES[o["dtype"]])
+                   for o in outputs}
+        log_probs = buffers["log_probs"][0] if "log_probs" in buffers else None
+        out = StepOutput(buffers["top_ids"][0], buffers["top_probs"][0], log_probs)
+        return cls(buffers, out, [buffers[f"{name}_next"] for name in state_names])
 
 
 class Snapshot(NamedTuple):
@@ -319,6 +427,7 @@ class Session:
         self.max_chars, self.context_chars = max_chars, context_chars
         self._index = WordIndex(backend.labels, backend.task)
         self._words = backend.task == "autocomplete"  # suggestions are words: a prefix filters them
+        backend.ring(stack_depth)
         self.reset()
 
     # ---- the text field ------------------------------------------------------------------------
@@ -329,6 +438,7 @@ class Session:
         self.state = self.backend.initial_state()
         self.last: StepOutput | None = None
         self._start = 0  # absolute position of text[0]
+        self._slot = 0  # the keystroke's ring slot: +1 per step, -1 per pop (module docstring)
         self._stack: deque[Snapshot] = deque(maxlen=self.stack_depth)
         # spaces are >= 2 symbols apart: this many marks reach back past the stack's oldest text
         self._marks: deque[Mark] = deque(maxlen=self.max_chars + self.stack_depth)
@@ -352,6 +462,7 @@ class Session:
             raise EdgeRNNError(f"backspace needs n >= 0, got {n}")
         while n and self._stack:
             self.text, self.state, self.last, self._start = self._stack.pop()
+            self._slot -= 1
             n -= 1
         self._forget(self._start + len(self.text))
         if n:
@@ -384,13 +495,14 @@ class Session:
         if not 0 < char_id < len(SYMBOLS):
             raise EdgeRNNError(f"symbol id must be in 1..{len(SYMBOLS) - 1}, got {char_id}")
         self._stack.append(Snapshot(self.text, self.state, self.last, self._start))
+        self._slot += 1
         text = self.text + SYMBOLS[char_id]
         if char_id == SPACE and self._must_restart(text):
             self._restart(self._context(text))
             return self.last.top_ids, self.last.top_probs
         if char_id == SPACE:
             self._mark(self._start + len(self.text))
-        self.last, self.state = self.backend.step(char_id, self.state, self._word(text))
+        self.last, self.state = self.backend.step(char_id, self.state, self._word(text), self._slot)
         self.text = text if len(text) <= self.max_chars else self._retain(text)
         return self.last.top_ids, self.last.top_probs
 
@@ -435,7 +547,7 @@ class Session:
     def _mark(self, pos: int) -> None:
         """Keep the current state as the one before the space at ``pos``."""
         self._forget(pos)
-        self._marks.append(Mark(pos, self.state))
+        self._marks.append(Mark(pos, self.backend.own(self.state)))
 
     def _forget(self, end: int) -> None:
         """Drop the marks at or after absolute position ``end``: that text was taken back."""

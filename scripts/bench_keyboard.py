@@ -13,8 +13,9 @@
 4. Streaming: the held-out stream typed into one text field, ``Session(restart="continuous")``
    against ``restart="observation"`` at each ``--contexts`` length, beside both baselines.
 5. Runtime cost: mean time per keystroke of ``Session.type`` + ``suggestions(3)`` against the bare
-   step (ONNX Runtime's ``run`` of the step graph), split into the restarts' prefill calls and the
-   runtime's own Python (1 thread): the fp32 bundle under each restart policy, the fp32 and int8
+   step (the step graph run in place through IOBindings, as the session runs it; ONNX Runtime's
+   plain ``run`` beside it), split into the restarts' prefill calls and the runtime's own Python
+   (1 thread): the fp32 bundle under each restart policy, the fp32 and int8
    prefix-head bundles under the default one. ``--overhead-only`` prints this table alone.
 
 KSR protocol (edge_rnn/keyboard.py): 3 slots; a word of L letters costs L + 1 keystrokes without
@@ -72,15 +73,25 @@ def progress(name: str):
 
 
 class TimedSession:
-    """An ONNX Runtime session that counts its ``run`` calls and adds up the seconds they take
-    (``perf_counter``: 0.14 us a call here, ``thread_time`` 0.9 us, which would count as Python)."""
+    """An ONNX Runtime session that counts its ``run`` calls (plain or with an IOBinding, as the
+    session's output ring runs them) and adds up the seconds they take (``perf_counter``: 0.14 us
+    a call here, ``thread_time`` 0.9 us, which would count as Python)."""
 
     def __init__(self, session):
         self.session, self.seconds, self.calls = session, 0.0, 0
 
+    def io_binding(self):
+        return self.session.io_binding()
+
     def run(self, *args, **kwargs):
+        return self._timed(self.session.run, *args, **kwargs)
+
+    def run_with_iobinding(self, *args, **kwargs):
+        return self._timed(self.session.run_with_iobinding, *args, **kwargs)
+
+    def _timed(self, call, *args, **kwargs):
         t0 = time.perf_counter()
-        out = self.session.run(*args, **kwargs)
+        out = call(*args, **kwargs)
         self.seconds += time.perf_counter() - t0
         self.calls += 1
         return out
@@ -89,57 +100,67 @@ class TimedSession:
 def overhead(bundle: Path, text: str, n: int, rounds: int = 5, block: int = 250, **options) -> dict:
     """Mean CPU time per keystroke of ``Session.type`` + ``suggestions(3)`` against the bare step.
 
-    The bare step is ONNX Runtime's ``run`` of the step graph on ready inputs, all an app must pay.
-    Inside the session the graph calls are timed too, so the difference splits into the model work
-    the runtime adds (prefill calls of observation restarts) and its own Python (stack, marks,
-    text, suggestion search). The two loops alternate every ``block`` keystrokes (each continuing
-    its own text field), so a slow phase of a shared machine hits both alike; the calling thread's
-    CPU time is counted (ONNX Runtime computes on it with 1 thread); the best of ``rounds`` is kept.
+    The bare step is the step graph on ready inputs, all an app must pay, two ways: ONNX Runtime's
+    ``run`` (new output arrays each keystroke) and in place (a ring of IOBindings, as the session
+    runs it; a prefix range narrower than top-k runs plain there too). Inside the session the
+    graph calls are timed too, so the difference splits into the model work the runtime adds
+    (prefill calls of observation restarts) and its own Python (stack, marks, text, suggestion
+    search). The three loops alternate every ``block`` keystrokes (each continuing its own text
+    field), so a slow phase of a shared machine hits them alike; the calling thread's CPU time is
+    counted (ONNX Runtime computes on it with 1 thread); the best of ``rounds`` is kept.
     """
     chars = (" " + text.strip())[:n]
     session = open_session(bundle, **options)
     backend = session.backend
     graph, wide_graph = backend.session, backend._wide  # a split prefix head has two step graphs
-    feeds = [{"char": np.array([SYMBOL_ID[c]], np.int32)} for c in chars]
-    graphs = [graph] * len(chars)
+    ids = [SYMBOL_ID[c] for c in chars]
+    spans: list = [None] * len(chars)
     if backend.prefix_head:  # the range of the word typed so far, as the session computes it
         words = chars.split(" ")
         typed = [w[:k + 1] for w in words for k in range(len(w))]  # one per letter
-        prefixes, it = [], iter(typed)
-        for c in chars:
-            prefixes.append("" if c == " " else next(it))
-        for k, (feed, prefix) in enumerate(zip(feeds, prefixes)):
-            feed["range"] = backend.range(prefix)
-            graphs[k] = backend.graph_for(feed["range"])
+        it = iter(typed)
+        spans = [backend.range("" if c == " " else next(it)) for c in chars]
+    graphs = [backend.graph_for(span) if backend.prefix_head else graph for span in spans]
+    feeds = [{"char": np.array([i], np.int32), **({} if span is None else {"range": span})}
+             for i, span in zip(ids, spans)]
+    in_place = open_session(bundle, **options).backend  # its own ring, stepped without a Session
+    ring = [span is None or span[1] - span[0] >= backend.top_k for span in spans]
     prefill = backend._load(backend.manifest["export"]["prefill"]["file"])
     backend.session, backend._prefill = TimedSession(graph), TimedSession(prefill)
     backend._wide = wide_graph and TimedSession(wide_graph)
     timed = [t for t in (backend.session, backend._wide) if t]
     rows = []
     for _ in range(rounds):
-        state, bare, full = backend.initial_state(), 0.0, 0.0
+        state, state2, run, bare, full = backend.initial_state(), backend.initial_state(), 0.0, 0.0, 0.0
         for t in [*timed, backend._prefill]:
             t.seconds = t.calls = 0
         session.reset()
         for lo in range(0, len(chars), block):
+            keys = range(lo, min(lo + block, len(chars)))
             t0 = time.thread_time()
-            for feed, step in zip(feeds[lo:lo + block], graphs[lo:lo + block]):
-                out = step.run(backend._fetch, {**feed, **dict(zip(backend.state_names, state))})
+            for k in keys:
+                out = graphs[k].run(backend._fetch, {**feeds[k], **dict(zip(backend.state_names, state))})
                 state = out[-len(state):]
             t1 = time.thread_time()
+            for k in keys:
+                if ring[k]:
+                    _, state2 = in_place._step_in_ring(graphs[k], ids[k], state2, spans[k], k % len(in_place._slots))
+                else:
+                    state2 = in_place._run(graphs[k], {**feeds[k], **dict(zip(backend.state_names, state2))})[1]
+            t2 = time.thread_time()
             for ch in chars[lo:lo + block]:
                 session.type(ch)
                 session.suggestions(3)
-            t2 = time.thread_time()
-            bare, full = bare + t1 - t0, full + t2 - t1
+            t3 = time.thread_time()
+            run, bare, full = run + t1 - t0, bare + t2 - t1, full + t3 - t2
         # typing only, no backspace: every prefill call is a restart
-        rows.append((full, bare, sum(t.seconds for t in timed), backend._prefill.seconds, backend._prefill.calls))
+        rows.append((full, bare, run, sum(t.seconds for t in timed), backend._prefill.seconds, backend._prefill.calls))
     backend.session, backend._prefill, backend._wide = graph, prefill, wide_graph
-    full, bare, in_step, in_prefill, restarts = min(rows)
-    typed, step, in_step, in_prefill = (x / len(chars) for x in (full, bare, in_step, in_prefill))
+    full, bare, run, in_step, in_prefill, restarts = min(rows)
+    typed, step, run, in_step, in_prefill = (x / len(chars) for x in (full, bare, run, in_step, in_prefill))
     python = typed - in_step - in_prefill
-    return {"keystrokes": len(chars), "options": options, "step_ms": step * 1e3, "session_ms": typed * 1e3,
-            "prefill_ms": in_prefill * 1e3, "python_ms": python * 1e3,
+    return {"keystrokes": len(chars), "options": options, "run_ms": run * 1e3, "step_ms": step * 1e3,
+            "session_ms": typed * 1e3, "prefill_ms": in_prefill * 1e3, "python_ms": python * 1e3,
             "overhead_ms": (typed - step) * 1e3, "overhead": (typed - step) / step, "restarts": restarts}
 
 
@@ -161,11 +182,13 @@ def runtime_costs(fp32: Path, prefix: Path, int8_prefix: Path, stream: str, args
 def print_costs(costs: dict) -> None:
     keystrokes = next(iter(costs.values()))["keystrokes"]
     print(f"\nRuntime cost per keystroke (ONNX Runtime 1 thread, the first {keystrokes:,} keystrokes of the "
-          "stream; thread CPU time, bare step and session alternating every 250 keystrokes, best of 5 rounds)\n")
-    print("| bundle, session | bare step (ms) | Session.type + suggestions(3) (ms) | restart prefill (ms) | runtime's "
-          "Python (ms) | Python / bare step | overhead vs bare step | restarts |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+          "stream; thread CPU time, the bare steps and the session alternating every 250 keystrokes, best of 5 "
+          "rounds)\n")
+    print("| bundle, session | bare step, run (ms) | bare step, in place (ms) | Session.type + suggestions(3) (ms) | "
+          "restart prefill (ms) | runtime's Python (ms) | Python / bare step in place | overhead vs bare step in place "
+          "| restarts |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, c in costs.items():
-        print(f"| {name} | {c['step_ms']:.3f} | {c['session_ms']:.3f} | {c['prefill_ms']:.3f} | "
+        print(f"| {name} | {c['run_ms']:.3f} | {c['step_ms']:.3f} | {c['session_ms']:.3f} | {c['prefill_ms']:.3f} | "
               f"{c['python_ms']:.3f} | {c['python_ms'] / c['step_ms']:.1%} | {c['overhead']:+.1%} | {c['restarts']} |")
 
 

@@ -13,7 +13,9 @@ the alphabetical prefix ranges are those of real English), this types WikiText-2
   state out) and run with the same ONNX Runtime session options. Its probabilities are checked
   against ours before anything is timed.
 
-Every backend is driven through the same ``Session.step`` (the same Python around each call), in
+Every backend is driven through the same ``Session.step`` (the same Python around each call, and
+ONNX Runtime's plain ``run`` for ours too: ``ONNXBackend(in_place=False)``, as the baseline has no
+output ring; what the ring saves is in ``bench_keyboard.py``'s runtime cost table), in
 interleaved blocks: each round types the next block of text into every variant in a rotated
 order, so slow phases of a shared machine hit all of them alike. The table shows the median over
 rounds of each block's p50/p99/mean. Keystrokes are timed by the calling thread's CPU time
@@ -169,7 +171,14 @@ class PlainONNXBackend:
     def initial_state(self) -> list[np.ndarray]:
         return [np.zeros(s, np.float32) for s in self.shapes]
 
-    def step(self, char_id: int, state: list[np.ndarray], prefix: str = "") -> tuple[StepOutput, Any]:
+    def ring(self, depth: int) -> None:
+        """No ring, like ``ONNXBackend(in_place=False)`` for every row of the table."""
+
+    def own(self, state: list[np.ndarray]) -> list[np.ndarray]:
+        return state
+
+    def step(self, char_id: int, state: list[np.ndarray], prefix: str = "",
+             slot: int | None = None) -> tuple[StepOutput, Any]:
         feed = {"char": np.array([char_id], np.int64), **dict(zip(self.names, state))}
         out = dict(zip(self.output_names, self.session.run(None, feed)))
         return StepOutput(out["top_ids"][0], out["top_probs"][0], None), [out[f"{n}_next"] for n in self.names]
@@ -209,7 +218,7 @@ def onnx_variant(cell: str, bundle: Path, precision: str, threads: int) -> Varia
     holder: dict = {}
 
     def make():
-        holder["b"] = ONNXBackend(bundle, threads=threads)
+        holder["b"] = ONNXBackend(bundle, threads=threads, in_place=False)
         return holder["b"]
 
     def read(prefix: str) -> int:
@@ -456,7 +465,7 @@ def breakdown(bundle: Path, ids: list[int], threads: int) -> str:
     import onnx
     from onnx import helper
 
-    backend = ONNXBackend(bundle, threads=threads)
+    backend = ONNXBackend(bundle, threads=threads, in_place=False)
     ort_times, rows = [], []
 
     class Timed:  # ONNX Runtime's run, timed inside Session.step

@@ -87,7 +87,13 @@ class MILBackend:
     def range(self, prefix: str) -> np.ndarray:
         return np.array(prefix_range(self.sorted_words, prefix), np.int32)
 
-    def step(self, char_id: int, state: dict, prefix: str = "") -> tuple[StepOutput, dict]:
+    def ring(self, depth: int) -> None:
+        """Every step returns new arrays: no ring."""
+
+    def own(self, state: dict) -> dict:
+        return state
+
+    def step(self, char_id: int, state: dict, prefix: str = "", slot: int | None = None) -> tuple[StepOutput, dict]:
         feed = {"char": np.array([char_id], np.int32)}
         if self.prefix_head:
             feed["range"] = self.range(prefix)

@@ -21,7 +21,7 @@ from edge_rnn.data import demo_corpus
 from edge_rnn.export.bundle import export_bundle
 from edge_rnn.io import EdgeRNNError
 from edge_rnn.model import ModelConfig, RNNModel, save
-from edge_rnn.runtime import Session, StepOutput, WordIndex, field_symbols, normalise, open_session
+from edge_rnn.runtime import ONNXBackend, Session, StepOutput, WordIndex, field_symbols, normalise, open_session
 from edge_rnn.vocab import Vocab
 
 WORDS = [w for w, _ in Counter(demo_corpus(2000, seed=0).split()).most_common(200)]
@@ -101,6 +101,29 @@ def test_backspace_equals_typing_the_shorter_text(sources, which, restart):
         session.type("zq")  # over text taken back: its marks must not be reused
         session.backspace(2)
         assert_same(session, shorter, same_text=restart == "observation")
+
+
+@pytest.mark.parametrize("restart", ["continuous", "observation"])
+@pytest.mark.parametrize("which", [1, 2], ids=["onnx", "prefix-head"])
+def test_the_output_ring_equals_plain_runs(sources, which, restart):
+    """Keystrokes written in place into the ring (wrapping it many times: 7 slots here) give
+    what plain ``run`` calls give, through typing, backspaces into and past the stack, rebuilds
+    from marks and restarts; and the ring is really used."""
+    ringed = fresh(sources[which], **dict(SMALL, restart=restart))
+    plain = Session(ONNXBackend(sources[which], in_place=False), **dict(SMALL, restart=restart))
+    rng = np.random.default_rng(1)
+    in_ring = 0
+    for _ in range(40):
+        n = int(rng.integers(0, 9))
+        if rng.random() < 0.4:
+            ringed.backspace(n), plain.backspace(n)
+        else:
+            chunk = TEXT[int(rng.integers(0, len(TEXT) - 9)):][:n]
+            ringed.type(chunk), plain.type(chunk)
+        assert_same(ringed, plain)
+        in_ring += ringed.last is not None and any(
+            np.shares_memory(ringed.last.top_probs, slot.out.top_probs) for slot in ringed.backend._slots)
+    assert len(ringed.backend._slots) == SMALL["stack_depth"] + 2 and in_ring >= 10 and not plain.backend._slots
 
 
 def test_restarted_observations_stay_short_and_match_a_fresh_session(sources):
