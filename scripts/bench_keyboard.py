@@ -31,6 +31,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -97,56 +98,81 @@ class TimedSession:
         return out
 
 
+class Keystroke(NamedTuple):
+    """One keystroke of the bare loops, with its inputs ready."""
+
+    graph: Any  # the step graph (a split prefix head picks narrow or wide per range)
+    char_id: int
+    span: np.ndarray | None  # a prefix head's range of the word typed so far
+    feed: dict  # char (and range) for a plain ``run``
+    in_ring: bool  # what the session runs in place (a prefix range narrower than top-k: plain)
+
+
+def keystrokes(backend, chars: str) -> list[Keystroke]:
+    """The inputs of each keystroke of ``chars``, as the session computes them."""
+    spans: list = [None] * len(chars)
+    if backend.prefix_head:
+        typed = iter(w[:k + 1] for w in chars.split(" ") for k in range(len(w)))  # one per letter
+        spans = [backend.range("" if c == " " else next(typed)) for c in chars]
+    out = []
+    for c, span in zip(chars, spans):
+        i = SYMBOL_ID[c]
+        feed = {"char": np.array([i], np.int32), **({} if span is None else {"range": span})}
+        graph = backend.graph_for(span) if backend.prefix_head else backend.session
+        out.append(Keystroke(graph, i, span, feed, span is None or span[1] - span[0] >= backend.top_k))
+    return out
+
+
+def bare_run(backend, keys: list[Keystroke], state: list) -> list:
+    """ONNX Runtime's plain ``run`` per keystroke: new output arrays each time."""
+    for key in keys:
+        state = key.graph.run(backend._fetch, {**key.feed, **dict(zip(backend.state_names, state))})[-len(state):]
+    return state
+
+
+def bare_in_place(backend, keys: list[Keystroke], state: list, first: int) -> list:
+    """The step graph writing into ``backend``'s ring, as a session runs it (no Session around)."""
+    for k, key in enumerate(keys, first):
+        if key.in_ring:
+            state = backend._step_in_ring(key.graph, key.char_id, state, key.span, k % len(backend._slots))[1]
+        else:
+            state = backend._run(key.graph, {**key.feed, **dict(zip(backend.state_names, state))})[1]
+    return state
+
+
 def overhead(bundle: Path, text: str, n: int, rounds: int = 5, block: int = 250, **options) -> dict:
     """Mean CPU time per keystroke of ``Session.type`` + ``suggestions(3)`` against the bare step.
 
     The bare step is the step graph on ready inputs, all an app must pay, two ways: ONNX Runtime's
     ``run`` (new output arrays each keystroke) and in place (a ring of IOBindings, as the session
-    runs it; a prefix range narrower than top-k runs plain there too). Inside the session the
-    graph calls are timed too, so the difference splits into the model work the runtime adds
-    (prefill calls of observation restarts) and its own Python (stack, marks, text, suggestion
-    search). The three loops alternate every ``block`` keystrokes (each continuing its own text
-    field), so a slow phase of a shared machine hits them alike; the calling thread's CPU time is
-    counted (ONNX Runtime computes on it with 1 thread); the best of ``rounds`` is kept.
+    runs it). Inside the session the graph calls are timed too, so the difference splits into the
+    model work the runtime adds (prefill calls of observation restarts) and its own Python (stack,
+    marks, text, suggestion search). The three loops alternate every ``block`` keystrokes (each
+    continuing its own text field), so a slow phase of a shared machine hits them alike; the
+    calling thread's CPU time is counted (ONNX Runtime computes on it with 1 thread); the round
+    with the fastest session is kept.
     """
     chars = (" " + text.strip())[:n]
     session = open_session(bundle, **options)
     backend = session.backend
+    keys = keystrokes(backend, chars)
+    in_place = open_session(bundle, **options).backend  # a ring of its own
     graph, wide_graph = backend.session, backend._wide  # a split prefix head has two step graphs
-    ids = [SYMBOL_ID[c] for c in chars]
-    spans: list = [None] * len(chars)
-    if backend.prefix_head:  # the range of the word typed so far, as the session computes it
-        words = chars.split(" ")
-        typed = [w[:k + 1] for w in words for k in range(len(w))]  # one per letter
-        it = iter(typed)
-        spans = [backend.range("" if c == " " else next(it)) for c in chars]
-    graphs = [backend.graph_for(span) if backend.prefix_head else graph for span in spans]
-    feeds = [{"char": np.array([i], np.int32), **({} if span is None else {"range": span})}
-             for i, span in zip(ids, spans)]
-    in_place = open_session(bundle, **options).backend  # its own ring, stepped without a Session
-    ring = [span is None or span[1] - span[0] >= backend.top_k for span in spans]
     prefill = backend._load(backend.manifest["export"]["prefill"]["file"])
     backend.session, backend._prefill = TimedSession(graph), TimedSession(prefill)
     backend._wide = wide_graph and TimedSession(wide_graph)
     timed = [t for t in (backend.session, backend._wide) if t]
     rows = []
     for _ in range(rounds):
-        state, state2, run, bare, full = backend.initial_state(), backend.initial_state(), 0.0, 0.0, 0.0
+        plain_state, ring_state, run, bare, full = backend.initial_state(), backend.initial_state(), 0.0, 0.0, 0.0
         for t in [*timed, backend._prefill]:
             t.seconds = t.calls = 0
         session.reset()
         for lo in range(0, len(chars), block):
-            keys = range(lo, min(lo + block, len(chars)))
             t0 = time.thread_time()
-            for k in keys:
-                out = graphs[k].run(backend._fetch, {**feeds[k], **dict(zip(backend.state_names, state))})
-                state = out[-len(state):]
+            plain_state = bare_run(backend, keys[lo:lo + block], plain_state)
             t1 = time.thread_time()
-            for k in keys:
-                if ring[k]:
-                    _, state2 = in_place._step_in_ring(graphs[k], ids[k], state2, spans[k], k % len(in_place._slots))
-                else:
-                    state2 = in_place._run(graphs[k], {**feeds[k], **dict(zip(backend.state_names, state2))})[1]
+            ring_state = bare_in_place(in_place, keys[lo:lo + block], ring_state, lo)
             t2 = time.thread_time()
             for ch in chars[lo:lo + block]:
                 session.type(ch)
