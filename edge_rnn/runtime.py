@@ -32,7 +32,9 @@ last ``stack_depth`` slots, consecutive) and an ONNX backend keeps ``stack_depth
 slots that ONNX Runtime writes in place through one IOBinding each; a keystroke whose state is the
 previous slot's reads it in place. Outputs and states of a slot are valid until the slot comes
 round again: what must live longer (the marks) is copied with ``Backend.own``. A prefix-range head
-whose range holds fewer than ``top_k`` words (a shorter top-k) runs the plain way.
+whose range holds fewer than ``top_k`` words (a shorter top-k) runs the plain way. The ring is
+this Python backend's alone: ``web/runtime.mjs`` runs onnxruntime-web plainly (its cost there
+is not measured), with the same Session otherwise.
 
 **Long input.** Models are trained on observations of at most 200 characters that start from a
 zero state. ``restart="observation"`` (the default) does what training did: at a word boundary,
