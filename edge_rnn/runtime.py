@@ -493,7 +493,9 @@ class Session:
         self.type(word[len(partial):] + " ")
 
     def step(self, char_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """One symbol by id (no normalisation) -> the model's top-k ids and probabilities."""
+        """One symbol by id (no normalisation) -> the model's top-k ids and probabilities (on an
+        ONNX backend, views of its output ring: valid for the next ``stack_depth`` keystrokes;
+        copy what you keep longer)."""
         if not 0 < char_id < len(SYMBOLS):
             raise EdgeRNNError(f"symbol id must be in 1..{len(SYMBOLS) - 1}, got {char_id}")
         self._stack.append(Snapshot(self.text, self.state, self.last, self._start))
