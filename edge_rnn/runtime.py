@@ -293,7 +293,11 @@ class ONNXBackend:
         """One keystroke; a split prefix-range head runs its wide graph for wide ranges (the
         branch its ``If`` would take), its narrow graph otherwise. With a ``slot`` and a ring, in
         place (``_step_in_ring``); otherwise the outputs are new arrays."""
-        span = self.range(prefix) if self.prefix_head else None
+        return self.step_range(char_id, state, self.range(prefix) if self.prefix_head else None, slot)
+
+    def step_range(self, char_id: int, state: list[np.ndarray], span: np.ndarray | None,
+                   slot: int | None = None) -> tuple[StepOutput, list[np.ndarray]]:
+        """``step`` with the prefix range already computed (``None`` without a prefix-range head)."""
         graph = self.graph_for(span) if self.prefix_head else self.session
         if slot is not None and self._slots and (span is None or span[1] - span[0] >= self.top_k):
             return self._step_in_ring(graph, char_id, state, span, slot % len(self._slots))
@@ -314,7 +318,7 @@ class ONNXBackend:
         self._char = np.zeros(1, np.int32)  # the inputs every binding reads, set before each run
         self._range = np.zeros(2, np.int32)
         self._loose = [np.zeros((1, self.units), np.float32) for _ in self.state_names]  # a state from elsewhere
-        self._bindings: dict[tuple[int, int, bool], Any] = {}
+        self._bindings: dict[tuple[Any, int, bool], Any] = {}  # (graph, slot, chained) -> IOBinding
 
     def own(self, state: list[np.ndarray]) -> list[np.ndarray]:
         return [a.copy() for a in state] if self._slots else state
@@ -331,15 +335,16 @@ class ONNXBackend:
         self._char[0] = char_id
         if span is not None:
             self._range[...] = span
-        key = (id(graph), k, chained)
-        binding = self._bindings.get(key) or self._bind(graph, k, chained)
+        binding = self._bindings.get((graph, k, chained))
+        if binding is None:
+            binding = self._bindings[graph, k, chained] = self._bind(graph, k, chained)
         graph.run_with_iobinding(binding)
         slot = self._slots[k]
         return slot.out, slot.state
 
     def _bind(self, graph, k: int, chained: bool):
         """The IOBinding of slot ``k`` on ``graph``: buffers by address, so each run reads and
-        writes them in place; made on first use, kept."""
+        writes them in place (``_step_in_ring`` makes each on first use and keeps it)."""
         binding = graph.io_binding()
 
         def bind(name: str, a: np.ndarray, output: bool = False) -> None:
@@ -353,7 +358,6 @@ class ONNXBackend:
             bind(name, a)
         for name, a in self._slots[k].buffers.items():
             bind(name, a, output=True)
-        self._bindings[(id(graph), k, chained)] = binding
         return binding
 
     def graph_for(self, span: np.ndarray):

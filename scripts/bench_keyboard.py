@@ -31,7 +31,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from edge_rnn.export.bundle import export_bundle
 from edge_rnn.keyboard import RunKeyboard, evaluate_keyboard, first_words, model_keyboard, relabel
 from edge_rnn.model import load_preset
 from edge_rnn.quantize import quantize
-from edge_rnn.runtime import CONTEXT_CHARS, SYMBOL_ID, open_session
+from edge_rnn.runtime import CONTEXT_CHARS, SYMBOL_ID, ONNXBackend, open_session
 from edge_rnn.train import TrainConfig, train
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -101,42 +101,23 @@ class TimedSession:
 class Keystroke(NamedTuple):
     """One keystroke of the bare loops, with its inputs ready."""
 
-    graph: Any  # the step graph (a split prefix head picks narrow or wide per range)
     char_id: int
-    span: np.ndarray | None  # a prefix head's range of the word typed so far
-    feed: dict  # char (and range) for a plain ``run``
-    in_ring: bool  # what the session runs in place (a prefix range narrower than top-k: plain)
+    span: np.ndarray | None  # a prefix head's range of the word typed so far, as the session computes it
 
 
 def keystrokes(backend, chars: str) -> list[Keystroke]:
-    """The inputs of each keystroke of ``chars``, as the session computes them."""
     spans: list = [None] * len(chars)
     if backend.prefix_head:
         typed = iter(w[:k + 1] for w in chars.split(" ") for k in range(len(w)))  # one per letter
         spans = [backend.range("" if c == " " else next(typed)) for c in chars]
-    out = []
-    for c, span in zip(chars, spans):
-        i = SYMBOL_ID[c]
-        feed = {"char": np.array([i], np.int32), **({} if span is None else {"range": span})}
-        graph = backend.graph_for(span) if backend.prefix_head else backend.session
-        out.append(Keystroke(graph, i, span, feed, span is None or span[1] - span[0] >= backend.top_k))
-    return out
+    return [Keystroke(SYMBOL_ID[c], span) for c, span in zip(chars, spans)]
 
 
-def bare_run(backend, keys: list[Keystroke], state: list) -> list:
-    """ONNX Runtime's plain ``run`` per keystroke: new output arrays each time."""
-    for key in keys:
-        state = key.graph.run(backend._fetch, {**key.feed, **dict(zip(backend.state_names, state))})[-len(state):]
-    return state
-
-
-def bare_in_place(backend, keys: list[Keystroke], state: list, first: int) -> list:
-    """The step graph writing into ``backend``'s ring, as a session runs it (no Session around)."""
+def bare_steps(backend, keys: list[Keystroke], state: list, first: int) -> list:
+    """The step graph alone, keystroke ``first`` onwards: into ``backend``'s ring as a session
+    runs it, or with plain ``run`` calls for an ``ONNXBackend(in_place=False)``."""
     for k, key in enumerate(keys, first):
-        if key.in_ring:
-            state = backend._step_in_ring(key.graph, key.char_id, state, key.span, k % len(backend._slots))[1]
-        else:
-            state = backend._run(key.graph, {**key.feed, **dict(zip(backend.state_names, state))})[1]
+        state = backend.step_range(key.char_id, state, key.span, k)[1]
     return state
 
 
@@ -157,6 +138,7 @@ def overhead(bundle: Path, text: str, n: int, rounds: int = 5, block: int = 250,
     backend = session.backend
     keys = keystrokes(backend, chars)
     in_place = open_session(bundle, **options).backend  # a ring of its own
+    plain = ONNXBackend(bundle, in_place=False)
     graph, wide_graph = backend.session, backend._wide  # a split prefix head has two step graphs
     prefill = backend._load(backend.manifest["export"]["prefill"]["file"])
     backend.session, backend._prefill = TimedSession(graph), TimedSession(prefill)
@@ -170,9 +152,9 @@ def overhead(bundle: Path, text: str, n: int, rounds: int = 5, block: int = 250,
         session.reset()
         for lo in range(0, len(chars), block):
             t0 = time.thread_time()
-            plain_state = bare_run(backend, keys[lo:lo + block], plain_state)
+            plain_state = bare_steps(plain, keys[lo:lo + block], plain_state, lo)
             t1 = time.thread_time()
-            ring_state = bare_in_place(in_place, keys[lo:lo + block], ring_state, lo)
+            ring_state = bare_steps(in_place, keys[lo:lo + block], ring_state, lo)
             t2 = time.thread_time()
             for ch in chars[lo:lo + block]:
                 session.type(ch)
