@@ -216,6 +216,7 @@ def export(
     force: bool = typer.Option(False, help="Replace an existing non-empty output directory."),
     ort: bool = typer.Option(False, "--ort", help="ONNX only: also write the ORT format models (.ort) that ONNX Runtime Mobile loads and required_operators.config for a reduced ONNX Runtime build (onnxruntime's own converter), each .ort checked against its .onnx."),
     prefix_head: bool = typer.Option(False, "--prefix-head", help="Order the words alphabetically and compute only the rows of the typed prefix (a 'range' input); suggestions equal the full head's, probabilities are renormalised over the prefix (Core ML: always top-k entries, ids >= the range's end are padding). Without it the bundle also outputs log_probs over every word."),
+    boundary_words: int = typer.Option(0, "--boundary-words", help="ONNX, with --prefix-head: at a word boundary rank only this many most frequent words (model_boundary.onnx; the whole head's logits for them, about a quarter of its time at 1000 of 10000 words); 0: the whole head."),
 ):
     """Export a trained model as an app bundle: step-function model, vocab.json, manifest.json."""
     from edge_rnn.export.bundle import export_bundle
@@ -223,7 +224,7 @@ def export(
     out = out or Path("bundles") / f"{Path(run_dir).name}-{format}"
     path = export_bundle(run_dir, out, fmt=format, top_k=top_k, coreml_state=coreml_state,
                          precision=precision, force=force, with_log_probs=not prefix_head,
-                         prefix_head=prefix_head, ort_format=ort)
+                         prefix_head=prefix_head, ort_format=ort, boundary_words=boundary_words)
     console.print(f"bundle written to [bold]{path}[/]")
 
 

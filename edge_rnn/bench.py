@@ -269,7 +269,7 @@ def onnx_step_bytes(model_path: Path, prefix_head: dict | bool) -> Callable[[int
     Every initializer of the step graph counts whole, except a ``Gather`` table (one row per
     keystroke: the folded embedding) and, with a prefix-range head, the head's initializers
     (``head.*``), which count in proportion to the rows in the range (all of them above the
-    full-Gemm threshold).
+    full-Gemm threshold; the list's rows at a word boundary when the bundle has a boundary list).
     """
     import onnx
     from onnx import numpy_helper
@@ -290,7 +290,16 @@ def onnx_step_bytes(model_path: Path, prefix_head: dict | bool) -> Callable[[int
     if not prefix_head or not n_out:
         return lambda rows: fixed + head
     wide = prefix_head.get("full_gemm_above_rows", n_out) if isinstance(prefix_head, dict) else n_out
-    return lambda rows: fixed + (head if rows > wide else head * rows // n_out)
+    listed = prefix_head.get("boundary_words", 0) if isinstance(prefix_head, dict) else 0
+
+    def read(rows: int) -> int:
+        if listed and rows == n_out - 2:  # the word-boundary range: the list's rows
+            rows, wide_rows = listed, n_out
+        else:
+            wide_rows = wide
+        return fixed + (head if rows > wide_rows else head * rows // n_out)
+
+    return read
 
 
 def _all_nodes(graph):

@@ -227,8 +227,9 @@ def onnx_variant(cell: str, bundle: Path, precision: str, threads: int) -> Varia
         return step_bytes(rows)
 
     files = sum(p.stat().st_size for p in bundle.iterdir() if p.suffix in (".onnx", ".bin"))
-    return Variant(f"edge-{cell}", "ours ONNX", precision, "prefix" if prefix_head else "full",
-                   make, files, read)
+    listed = prefix_head and manifest["export"]["prefix_head"].get("boundary_words")
+    head = f"prefix+{listed}" if listed else "prefix" if prefix_head else "full"
+    return Variant(f"edge-{cell}", "ours ONNX", precision, head, make, files, read)
 
 
 CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
@@ -346,8 +347,18 @@ def cell_variants(cell: str, words: list[str], root: Path, ids: list[int], args)
     print(f"  prefix head = full head + prefix filter on {exact:.1%} of {len(check_ids)} keystrokes, "
           f"{tied:.1%} up to exact float32 ties in the full head's log-probs")
     variants[1].agreement = tied
+    listed = None
+    if args.boundary_words:  # word boundaries over the N most frequent words (model_boundary.onnx)
+        listed = export_bundle(root / "run", root / "listed", top_k=TOP_K, prefix_head=True,
+                               boundary_words=args.boundary_words)
+        variants.append(onnx_variant(cell, listed, "fp32", args.threads))
+        exact, tied = suggestion_agreement(_session(ONNXBackend(ref)), _session(ONNXBackend(listed)), check_ids)
+        print(f"  prefix head + {args.boundary_words}-word boundary list = full head + prefix filter on "
+              f"{exact:.1%} of {len(check_ids)} keystrokes (random weights: its accuracy cost is "
+              "bench_boundary.py's, on a trained model)")
+        variants[-1].agreement = tied
     for to in args.precisions:
-        variants += quantized_variants(cell, full, prefix, to, root, args)
+        variants += quantized_variants(cell, full, prefix, to, root, args, listed)
     if not args.no_mlx:
         variants.append(mlx_variant(cell, root / "run", len(words) + 2))
     variants.append(baseline_variant(cell, model, root, full, words, check_ids, args.threads))
@@ -358,8 +369,10 @@ def cell_variants(cell: str, words: list[str], root: Path, ids: list[int], args)
     return variants
 
 
-def quantized_variants(cell: str, full: Path, prefix: Path, to: str, root: Path, args) -> list[Variant]:
-    """int8/int4/fp16 bundles from ``edge_rnn.quantize`` (full head, and prefix head if it takes it)."""
+def quantized_variants(cell: str, full: Path, prefix: Path, to: str, root: Path, args,
+                       listed: Path | None = None) -> list[Variant]:
+    """int8/int4/fp16 bundles from ``edge_rnn.quantize`` (full head, and prefix head if it takes it;
+    the prefix head with a boundary list, ``listed``, in int8)."""
     try:
         from edge_rnn.quantize import quantize
     except ImportError:
@@ -367,6 +380,8 @@ def quantized_variants(cell: str, full: Path, prefix: Path, to: str, root: Path,
         return []
     out = []
     sources = ((full, "full"),) if args.no_quantize_prefix else ((full, "full"), (prefix, "prefix"))
+    if listed is not None and to == "int8" and not args.no_quantize_prefix:
+        sources += ((listed, "listed"),)
     for source, name in sources:
         try:
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -381,7 +396,8 @@ def quantized_variants(cell: str, full: Path, prefix: Path, to: str, root: Path,
         if name == "full":
             v.agreement = check.get("top1_agreement")
         else:  # same alphabetical ids as the fp32 prefix bundle: compare the suggestions' top-1
-            v.agreement = top1_agreement(_session(ONNXBackend(prefix)), _session(ONNXBackend(bundle)),
+            twin = prefix if name == "prefix" else listed
+            v.agreement = top1_agreement(_session(ONNXBackend(twin)), _session(ONNXBackend(bundle)),
                                          args.check_ids)
         out.append(v)
     return out
@@ -466,41 +482,46 @@ def breakdown(bundle: Path, ids: list[int], threads: int) -> str:
     from onnx import helper
 
     backend = ONNXBackend(bundle, threads=threads, in_place=False)
-    ort_times, rows = [], []
+    ort_times, rows, ran = [], [], []
+    attrs = {"narrow": "session", "wide": "_wide", "boundary": "_boundary"}  # the graphs a split head runs
+    inner = {w: getattr(backend, a) for w, a in attrs.items() if getattr(backend, a) is not None}
 
     class Timed:  # ONNX Runtime's run, timed inside Session.step
-        def __init__(self, inner):
-            self.inner = inner
+        def __init__(self, graph, which: str):
+            self.inner, self.which = graph, which
 
         def run(self, outputs, feed):
             start = time.thread_time()
             result = self.inner.run(outputs, feed)
             ort_times.append(time.thread_time() - start)
             rows.append(int(feed[RANGE][1] - feed[RANGE][0]))
+            ran.append(self.which)
             return result
 
         def __getattr__(self, name):
             return getattr(self.inner, name)
 
-    inner, inner_wide = backend.session, backend._wide  # a split head runs two graphs
-    backend.session, backend._wide = Timed(inner), inner_wide and Timed(inner_wide)
+    for w, graph in inner.items():
+        setattr(backend, attrs[w], Timed(graph, w))
     session = _session(backend)
     for c in ids[:100]:
         session.step(c)
     ort_times.clear()
     rows.clear()
+    ran.clear()
     steps = np.empty(len(ids) - 100)
     for k, c in enumerate(ids[100:]):
         start = time.thread_time()
         session.step(c)
         steps[k] = time.thread_time() - start
-    backend.session, backend._wide = inner, inner_wide
-    run_us, step_us, rows = np.array(ort_times) * 1e6, steps * 1e6, np.array(rows)
+    for w, graph in inner.items():
+        setattr(backend, attrs[w], graph)
+    run_us, step_us, rows, ran = np.array(ort_times) * 1e6, steps * 1e6, np.array(rows), np.array(ran)
     head = backend.manifest["export"]["prefix_head"]
     wide_rows = head["full_gemm_above_rows"]
-    wide = rows > wide_rows
-    split = head.get("split")  # the graphs the runtime runs: narrow and wide, or the one If graph
-    paths = {w: bundle / (split[w] if split else backend.manifest["export"]["model"]) for w in ("narrow", "wide")}
+    split = head.get("split")  # the graphs the runtime runs: narrow, wide (and boundary), or the one If graph
+    paths = {w: bundle / (split[w] if split else backend.manifest["export"]["model"]) for w in inner}
+    which = {id(graph): w for w, graph in inner.items()}
 
     model_path = paths["narrow"]
     model = onnx.load(str(model_path))
@@ -523,7 +544,7 @@ def breakdown(bundle: Path, ids: list[int], threads: int) -> str:
     for c in ids[100:]:
         session.step(c)  # for the prefix after this keystroke
         span = backend.range(session.prefix)
-        graph = profiled["wide" if span[1] - span[0] > wide_rows else "narrow"]
+        graph = profiled[which[id(backend.graph_for(span))]]
         out = graph.run(None, {"char": np.array([c], np.int32), **state, RANGE: span})
         state = dict(zip(states, out[2:]))
     n = len(ids) - 100
@@ -535,6 +556,8 @@ def breakdown(bundle: Path, ids: list[int], threads: int) -> str:
         kernels += [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
                     and timed and e["ts"] >= timed[0]["ts"]]
     head_ops = ("Softmax", "TopK", "Min", "Greater")
+    shares = ", ".join(f"{w} {np.mean(ran == w):.1%}" for w in inner)
+    per_graph = ", ".join(f"{w} {run_us[ran == w].mean():.1f} us" for w in inner if (ran == w).any())
     part = {"cells": 0.0, "head": 0.0}
     for e in kernels:
         if e["args"].get("op_name") == "If":  # its branch's nodes are listed on their own
@@ -543,11 +566,10 @@ def breakdown(bundle: Path, ids: list[int], threads: int) -> str:
         part["head" if "head" in name or "range" in name or e["args"].get("op_name") in head_ops else "cells"] += e["dur"]
     model_run = float(np.mean([e["dur"] for e in runs]))
     return "\n".join([
-        f"{bundle.name}, {n} keystrokes of real text ({wide.mean():.1%} wide: range over {wide_rows} rows)",
+        f"{bundle.name}, {n} keystrokes of real text (graphs run: {shares}; wide: a range over {wide_rows} rows)",
         f"  Session.step (thread CPU time): mean {step_us.mean():.1f} us = ONNX Runtime run {run_us.mean():.1f} "
         f"+ the runtime's Python {step_us.mean() - run_us.mean():.1f}",
-        f"  run: narrow keystrokes mean {run_us[~wide].mean():.1f} us (median range {np.median(rows[~wide]):.0f} rows), "
-        f"wide {run_us[wide].mean():.1f} us",
+        f"  run by graph (mean): {per_graph}; median narrow range {np.median(rows[ran == 'narrow']):.0f} rows",
         f"  ablations (median run): one-node graph {fixed:.1f} us (fixed cost per call); recurrent step only "
         f"{cells_us:.1f} us; whole step at a 30-row range {narrow_us:.1f} us (head rows + range logic "
         f"{narrow_us - cells_us:+.1f} us)",
@@ -599,8 +621,10 @@ def main() -> None:
     parser.add_argument("--no-quantize-prefix", action="store_true",
                         help="skip the quantized prefix-head bundles (their head rows int8/fp16)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--boundary-words", type=int, default=1000,
+                        help="rows 'prefix+N': the prefix head with an N-word boundary list (0: none)")
     parser.add_argument("--profile", choices=CELLS, default="gru",
-                        help="the cell whose int8 prefix bundle gets the time breakdown (breakdown())")
+                        help="the cell whose int8 prefix bundles (with and without the boundary list) get the time breakdown (breakdown())")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                         help="cpu: the calling thread's CPU time (ONNX Runtime runs a 1-thread graph on the "
                              "caller's thread; excludes time the OS gives other processes on a shared "
@@ -621,11 +645,13 @@ def main() -> None:
             print(f"edge-{cell}: timing {len(variants)} variants x {args.rounds} rounds x {args.block} keystrokes")
             interleave(variants, ids, args.rounds, args.block, args.warm, CLOCKS[args.clock])
             rows += variants
-            if cell == args.profile and (Path(tmp) / cell / "prefix-int8").is_dir():
+            for name in ("prefix-int8", "listed-int8") if cell == args.profile else ():
+                if not (Path(tmp) / cell / name).is_dir():
+                    continue
                 try:  # a failed breakdown must not cost the table
-                    profiles.append(breakdown(Path(tmp) / cell / "prefix-int8", ids, args.threads))
+                    profiles.append(breakdown(Path(tmp) / cell / name, ids, args.threads))
                 except Exception as err:
-                    profiles.append(f"edge-{cell}: breakdown failed: {err!r}")
+                    profiles.append(f"edge-{cell} {name}: breakdown failed: {err!r}")
     bandwidth = memory_bandwidth()
     import onnxruntime as ort
 

@@ -24,19 +24,23 @@ from edge_rnn.io import EdgeRNNError
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
+LISTED = 20  # words of the boundary list of the "listed-int8" bundle
 
 
 @pytest.fixture(scope="module")
 def app_bundles(trained, tmp_path_factory):
-    """The trained tiny model as a plain bundle (full head with log_probs), a prefix-head one and
-    that one quantized to int8 (its head rows int8, sliced by the range in the graph)."""
+    """The trained tiny model as a plain bundle (full head with log_probs), a prefix-head one,
+    that one quantized to int8 (its head rows int8, sliced by the range in the graph), and an int8
+    prefix-head one whose word boundaries rank only the 20 most frequent words."""
     from edge_rnn.quantize import quantize
 
     run, _ = trained
     out = tmp_path_factory.mktemp("app")
     prefix = export_bundle(run, out / "prefix", prefix_head=True)
+    listed = export_bundle(run, out / "listed", prefix_head=True, boundary_words=LISTED)
     return {"plain": export_bundle(run, out / "plain", with_log_probs=True), "prefix": prefix,
-            "prefix-int8": quantize(prefix, "int8", out=out / "prefix-int8", max_chars=300)[0]}
+            "prefix-int8": quantize(prefix, "int8", out=out / "prefix-int8", max_chars=300)[0],
+            "listed-int8": quantize(listed, "int8", out=out / "listed-int8", max_chars=300)[0]}
 
 
 def test_scenario_is_not_trivial(app_bundles):
@@ -47,6 +51,8 @@ def test_scenario_is_not_trivial(app_bundles):
         assert sum(len(s["suggestions"]) == K for s in steps) >= len(steps) - 2
         assert len({tuple(w for w, _ in s["suggestions"]) for s in steps}) >= 4
     assert max(n for a, n in ACTIONS if a == "backspace") > STACK_DEPTH  # past the stack: prefill
+    # the boundary list changes what some steps suggest (so the runtimes' graph choice is checked)
+    assert expected(app_bundles["listed-int8"]) != expected(app_bundles["prefix-int8"])
     typed = sum(len(arg) for action, arg in ACTIONS if action == "type")
     assert typed > MAX_CHARS  # the field drops its front (accepts add more): later rebuilds start from marks
 
@@ -83,7 +89,7 @@ def _page_state(page) -> tuple[str, list[list]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["plain", "prefix", "prefix-int8"])
+@pytest.mark.parametrize("kind", ["plain", "prefix", "prefix-int8", "listed-int8"])
 def test_page_in_chromium_matches_python(app_bundles, kind):
     """Type, backspace (past the stack: prefill), accept chips in the real page; compare every
     step with the Python runtime; only 127.0.0.1 is ever asked for anything."""

@@ -161,6 +161,9 @@ export class ONNXBackend {
     backend.session = await load(split ? split.narrow : manifest.export.model);
     backend._wide = split ? await load(split.wide) : null;
     backend._wideAbove = split ? manifest.export.prefix_head.full_gemm_above_rows : 0;
+    // a word-boundary list: its own graph for the range of every word
+    backend._boundary = split && split.boundary ? await load(split.boundary) : null;
+    backend._everyWord = manifest.model.n_outputs;
     return backend;
   }
 
@@ -204,8 +207,16 @@ export class ONNXBackend {
     if (!this.prefixHead) return this._run(this.session, feed);
     const span = prefixRange(this.sortedWords, prefix);
     feed.range = new this.ort.Tensor("int32", Int32Array.from(span), [2]);
+    return this._run(this.graphFor(span), feed);
+  }
+
+  /** The step graph for a prefix range: the boundary list's graph for the range of every word,
+   * if the bundle has one; a split head's wide graph when the range is wider than
+   * full_gemm_above_rows (the branch its If would take); else `session`. */
+  graphFor(span) {
+    if (this._boundary !== null && span[0] === 2 && span[1] === this._everyWord) return this._boundary;
     const wide = this._wide !== null && span[1] - span[0] > this._wideAbove;
-    return this._run(wide ? this._wide : this.session, feed);
+    return wide ? this._wide : this.session;
   }
 
   /** The bundle's prefill graph: the whole string in one call. */

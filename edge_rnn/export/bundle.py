@@ -41,7 +41,8 @@ if TYPE_CHECKING:  # model.py imports MLX: a runtime that only reads bundles mus
 
 def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 3,
                   coreml_state: str = "io", precision: str = "fp32", force: bool = False,
-                  with_log_probs: bool = False, prefix_head: bool = False, ort_format: bool = False) -> Path:
+                  with_log_probs: bool = False, prefix_head: bool = False, ort_format: bool = False,
+                  boundary_words: int = 0) -> Path:
     """Export the run in ``run_dir`` as a bundle in ``out_dir``, atomically.
 
     The bundle is built in a temporary sibling folder and renamed into place only when complete,
@@ -49,6 +50,8 @@ def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 
     ``prefix_head``: the prefix-range head, vocab.json in its alphabetical order.
     ``ort_format`` (ONNX only): also ``.ort`` models for ONNX Runtime Mobile and the operator list
     of a reduced build (``edge_rnn.export.ort_format``).
+    ``boundary_words`` (ONNX, with ``prefix_head``): word boundaries rank only that many most
+    frequent words (``edge_rnn.export.onnx.boundary_graph``).
     """
     from edge_rnn.model import QUANTIZATION, load
 
@@ -58,6 +61,8 @@ def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 
         raise EdgeRNNError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if ort_format and fmt != "onnx":
         raise EdgeRNNError("the ORT format is for ONNX bundles only (--format onnx)")
+    if boundary_words and fmt != "onnx":
+        raise EdgeRNNError("the word-boundary list is built for ONNX bundles only (--format onnx)")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if (run_dir / QUANTIZATION).is_file():
         raise EdgeRNNError(f"{run_dir} holds MLX-quantized weights; export the fp32 run and "
@@ -69,7 +74,7 @@ def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 
     words = labels.words if prefix_head else None
     with atomic_dir(out_dir, force=force) as tmp:
         fragment = _export_model(model, tmp, fmt, top_k, coreml_state, precision, with_log_probs, words,
-                                 ort_format)
+                                 ort_format, boundary_words)
         if words is not None:  # vocab.json lists the words in the exported id order
             labels = Vocab([words[k] for k in prefix_order(words)])
         (tmp / VOCAB).write_text(json.dumps(labels.to_json()))
@@ -98,14 +103,16 @@ def _output_labels(config: ModelConfig, vocab: Vocab | None, run_dir: Path) -> V
 
 
 def _export_model(model, out: Path, fmt: str, top_k: int, coreml_state: str, precision: str,
-                  with_log_probs: bool, words: list[str] | None = None, ort_format: bool = False) -> dict:
+                  with_log_probs: bool, words: list[str] | None = None, ort_format: bool = False,
+                  boundary_words: int = 0) -> dict:
     """Write the model files for one target; imports each exporter only when it is used.
     ``words`` asks for the prefix-range head."""
     if fmt == "onnx":
         from edge_rnn.export.onnx import export_onnx
 
         return export_onnx(model, out, top_k=top_k, with_log_probs=with_log_probs, precision=precision,
-                           prefix_head=words is not None, words=words, ort_format=ort_format)
+                           prefix_head=words is not None, words=words, ort_format=ort_format,
+                           boundary_words=boundary_words)
     from edge_rnn.export.coreml import export_coreml
 
     return export_coreml(model, out, top_k=top_k, state=coreml_state, precision=precision,

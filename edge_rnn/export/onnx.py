@@ -59,6 +59,17 @@ of its own in ONNX Runtime (its branch runs as a subgraph with its own execution
 caller knows the range before it calls, so the bundle also holds the step graph twice with the
 ``If`` resolved (``split_range_head``): ``model_narrow.onnx`` and ``model_wide.onnx``, the same
 nodes as each branch, bit-identical outputs. ``model.onnx`` stays the one-session form.
+
+Word boundaries (``boundary_words=N``, opt-in). The space before a word has no prefix to narrow
+the rows, so it runs the whole head: about 18 % of the keystrokes of English prose, and the
+slowest ones. A boundary list is a third split graph, ``model_boundary.onnx``: the narrow graph
+with its range fixed to the N most frequent words (``boundary_graph``), each sliced head tensor
+replaced by a ``Gather`` of those N rows, which ONNX Runtime folds into a constant (so it is
+pre-packed) when the session loads. Its logits for those words are the whole head's, bit for bit
+(the same stored rows, the same ops), so its top-k are the whole head's top-k among the N words;
+``top_probs`` are renormalised over them, P(word | word in the list). The runtime runs it for
+the word-boundary range ``[2, n_outputs)``. The accuracy it costs is measured on real text by
+``scripts/bench_boundary.py`` (1,000 of 10,000 words: -0.01 pt top-1 in the README).
 """
 
 from __future__ import annotations
@@ -83,6 +94,8 @@ IR_VERSION = 8  # the lowest IR that carries opset 18: readable by older runtime
 STEP_FILE, PREFILL_FILE = "model.onnx", "prefill.onnx"
 # the prefix-range step graph with its If resolved, one graph per branch (``split_range_head``)
 SPLIT_FILES = {"narrow": "model_narrow.onnx", "wide": "model_wide.onnx"}
+BOUNDARY_FILE = "model_boundary.onnx"  # the narrow graph over the word-boundary list (``boundary_graph``)
+BOUNDARY_CANDIDATES = "boundary_candidates"  # its initializer: the list's exported ids, int64
 WEIGHTS_FILE = "weights.bin"  # the one copy of the weights both graphs name (ONNX external data)
 SHARED_MIN_BYTES = 256  # smaller tensors (shapes, axes, biases of tiny models) stay inside each graph
 PRECISIONS = ("fp32", "fp16")
@@ -514,9 +527,64 @@ def prefill_graph(model: RNNModel, top_k: int, with_log_probs: bool, impl: str,
 
 # ---- models and files ----------------------------------------------------------------------------
 
-def split_range_head(step: onnx.ModelProto) -> dict[str, onnx.ModelProto]:
+def boundary_graph(narrow: onnx.ModelProto, candidates: np.ndarray) -> onnx.ModelProto:
+    """``narrow`` (a split prefix-range step graph, any precision) with its range fixed to the
+    exported ids ``candidates`` (module docstring, "Word boundaries").
+
+    The range's ``start``/``end`` become the constants ``0``/``N``; every ``Slice(t, start, end,
+    axis)`` of a head tensor becomes ``Gather(t, candidates, axis)`` (constant: folded when the
+    session loads); ``top_ids = idx + start`` becomes ``Gather(candidates, idx)``. The ``range``
+    input stays declared, unread, so a caller feeds every split graph alike.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(narrow)
+    graph = model.graph
+    nodes = list(graph.node)
+    cast = next(n for n in nodes if n.op_type == "Cast" and n.input[0] == RANGE_INPUT)
+    split = next(n for n in nodes if n.op_type == "Split" and n.input[0] == cast.output[0])
+    start, end = split.output
+    values = {t.name: t for t in graph.initializer}
+    rewritten = []
+    for node in nodes:
+        if node is split:
+            continue
+        if node.op_type == "Slice" and list(node.input[1:3]) == [start, end]:
+            axis = int(numpy_helper.to_array(values[node.input[3]]).reshape(-1)[0])
+            node = helper.make_node("Gather", [node.input[0], BOUNDARY_CANDIDATES], list(node.output),
+                                    name=node.name, axis=axis)
+        elif node.op_type == "Add" and start in node.input:  # top_ids = idx + start
+            (idx,) = [v for v in node.input if v != start]
+            node = helper.make_node("Gather", [BOUNDARY_CANDIDATES, idx], list(node.output), name=node.name, axis=0)
+        rewritten.append(node)
+    graph.initializer.extend([numpy_helper.from_array(np.asarray(candidates, np.int64), BOUNDARY_CANDIDATES),
+                              numpy_helper.from_array(np.array([0], np.int64), start),
+                              numpy_helper.from_array(np.array([len(candidates)], np.int64), end)])
+    del graph.node[:]
+    graph.node.extend(_toposorted(rewritten, graph))
+    _prune(graph)
+    onnx.checker.check_model(model)
+    return model
+
+
+def boundary_candidates(order: np.ndarray, n: int) -> np.ndarray:
+    """The exported ids of the ``n`` most frequent words: model ids ``2 .. n + 1`` (a vocabulary
+    counts its words in frequency order), mapped through the prefix ``order``."""
+    exported = np.argsort(order)  # model id -> exported id
+    return exported[2 : n + 2].astype(np.int64)
+
+
+def read_boundary_candidates(bundle_dir: Path) -> np.ndarray:
+    """A bundle's boundary list (its exported ids), read back from ``model_boundary.onnx``."""
+    model = onnx.load(str(Path(bundle_dir) / BOUNDARY_FILE))  # with its external data
+    tensor = next(t for t in model.graph.initializer if t.name == BOUNDARY_CANDIDATES)
+    return numpy_helper.to_array(tensor)
+
+
+def split_range_head(step: onnx.ModelProto,
+                     candidates: np.ndarray | None = None) -> dict[str, onnx.ModelProto]:
     """``SPLIT_FILES`` name -> the prefix-range step graph with its ``If`` replaced by that
-    branch's nodes (the branch output renamed to the If's), dead nodes and constants dropped.
+    branch's nodes (the branch output renamed to the If's), dead nodes and constants dropped;
+    with ``candidates``, ``BOUNDARY_FILE`` too (``boundary_graph`` of the narrow one).
     Works on any precision: ``edge-rnn quantize`` rewrites the branches and splits again."""
     split = {}
     for which, branch in (("wide", "then_branch"), ("narrow", "else_branch")):
@@ -533,6 +601,8 @@ def split_range_head(step: onnx.ModelProto) -> dict[str, onnx.ModelProto]:
         graph.node.extend(_toposorted(nodes[:at] + inlined + nodes[at + 1:], graph))
         _prune(graph)
         split[SPLIT_FILES[which]] = model
+    if candidates is not None:
+        split[BOUNDARY_FILE] = boundary_graph(split[SPLIT_FILES["narrow"]], candidates)
     return split
 
 
@@ -693,7 +763,7 @@ def build_models(model: RNNModel, top_k: int = 3, with_log_probs: bool = False,
 
 def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: bool = False,
                 precision: str = "fp32", *, impl: str | None = None, prefix_head: bool = False,
-                words: Sequence[str] | None = None, ort_format: bool = False) -> dict:
+                words: Sequence[str] | None = None, ort_format: bool = False, boundary_words: int = 0) -> dict:
     """Write ``model.onnx`` (step) and ``prefill.onnx`` into ``out_dir``; return the manifest
     fragment: files, ``model`` (the step graph's file, as in the Core ML fragment), opset, the step
     graph's inputs/outputs, the prefill graph's, which cell form each graph uses, and
@@ -703,17 +773,20 @@ def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: 
     ``prefix_head`` needs ``words``, the output words in the model's id order; the exported ids
     are then ``prefix_order(words)`` (the caller writes the vocabulary in that order).
     ``ort_format``: also the ORT-format models for ONNX Runtime Mobile (``edge_rnn.export.ort_format``).
+    ``boundary_words``: with the prefix-range head, run word boundaries over that many most
+    frequent words (``BOUNDARY_FILE``; module docstring); 0: the whole head.
     """
     if precision not in PRECISIONS:
         raise EdgeRNNError(f"unknown ONNX precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if prefix_head and words is None:
         raise EdgeRNNError("the prefix-range head needs the output words (to sort them)")
+    candidates = _checked_boundary(model.config, words, prefix_head, top_k, boundary_words)
     models = build_models(model, top_k, with_log_probs, impl, words if prefix_head else None)
     if precision == "fp16":
         models = {name: fp16_weights(m) for name, m in models.items()}
     step, prefill = models["step"].graph, models["prefill"].graph
     files = {STEP_FILE: models["step"], PREFILL_FILE: models["prefill"]}
-    save_shared({**files, **(split_range_head(models["step"]) if prefix_head else {})}, Path(out_dir))
+    save_shared({**files, **(split_range_head(models["step"], candidates) if prefix_head else {})}, Path(out_dir))
     fragment = {
         "format": "onnx", "opset": OPSET, "ir_version": IR_VERSION, "precision": precision,
         "files": list(files), "model": STEP_FILE, "weights": WEIGHTS_FILE,
@@ -725,7 +798,7 @@ def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: 
                     "outputs": _io_spec(list(prefill.output)), "min_time": 1},
         "with_log_probs": with_log_probs,
         "implementation": {name: resolve_impl(model.config.cell, name, impl) for name in models},
-        "prefix_head": _prefix_head_fragment(model.config) if prefix_head else False,
+        "prefix_head": _prefix_head_fragment(model.config, boundary_words) if prefix_head else False,
     }
     if ort_format:
         from edge_rnn.export.ort_format import write_ort_format
@@ -734,9 +807,21 @@ def export_onnx(model: RNNModel, out_dir: Path, top_k: int = 3, with_log_probs: 
     return fragment
 
 
-def _prefix_head_fragment(config) -> dict:
+def _checked_boundary(config, words, prefix_head: bool, top_k: int, n: int) -> np.ndarray | None:
+    """The boundary list's exported ids, or None (``boundary_words`` 0)."""
+    if not n:
+        return None
+    if not prefix_head:
+        raise EdgeRNNError("a word-boundary list needs the prefix-range head (--prefix-head)")
+    if not top_k <= n <= config.vocab_size:
+        raise EdgeRNNError(f"the word-boundary list must hold between top_k ({top_k}) and the "
+                           f"{config.vocab_size} words, got {n}")
+    return boundary_candidates(checked_prefix_order(config, words, False), n)
+
+
+def _prefix_head_fragment(config, boundary_words: int = 0) -> dict:
     """What an app must know to drive the prefix-range head (module docstring)."""
-    return {
+    fragment = {
         "input": RANGE_INPUT, "dtype": "int32", "shape": [2],
         "order": "alphabetical: ids 0 and 1 are <pad> and <unk>, then the words sorted (vocab.json)",
         "word_boundary_range": [2, config.n_outputs],
@@ -749,3 +834,11 @@ def _prefix_head_fragment(config) -> dict:
                   "run model_wide.onnx when end - start > full_gemm_above_rows, else model_narrow.onnx "
                   "(bit-identical to model.onnx, without If's cost per keystroke)"},
     }
+    if boundary_words:
+        fragment["split"]["boundary"] = BOUNDARY_FILE
+        fragment["split"]["rule"] += f"; at the word-boundary range run {BOUNDARY_FILE}"
+        fragment["boundary_words"] = boundary_words
+        fragment["boundary_note"] = (f"at the word-boundary range, {BOUNDARY_FILE} ranks the {boundary_words} most "
+                                     "frequent words only (the whole head's logits for them); top_probs: "
+                                     "P(word | word in that list)")
+    return fragment

@@ -56,7 +56,8 @@ def quantize(source: Source, to: str, tmp: Path) -> dict:
     """Quantize every ``.onnx`` file of the bundle; copy the vocabulary."""
     import onnx
 
-    from edge_rnn.export.onnx import STEP_FILE, WEIGHTS_FILE, save_shared, split_range_head
+    from edge_rnn.export.onnx import (STEP_FILE, WEIGHTS_FILE, read_boundary_candidates, save_shared,
+                                      split_range_head)
 
     record = _onnx_record(source, to)
     tensors, opsets, models = {}, {}, {}
@@ -69,7 +70,8 @@ def quantize(source: Source, to: str, tmp: Path) -> dict:
         models[name] = model = ONNX_METHODS[to][0](model)
         tensors[name] = _onnx_tensor_report(before, model)
         opsets[name] = {op.domain or "ai.onnx": op.version for op in model.opset_import}
-    split = split_range_head(models[STEP_FILE]) if prefix_head and prefix_head.get("split") else {}
+    candidates = read_boundary_candidates(source.path) if prefix_head and prefix_head.get("boundary_words") else None
+    split = split_range_head(models[STEP_FILE], candidates) if prefix_head and prefix_head.get("split") else {}
     save_shared({**models, **split}, tmp)  # the graphs quantized alike: their weights stored once again
     shutil.copy2(source.path / VOCAB, tmp / VOCAB)
     export = {"precision": to, "opset_imports": opsets, "weights": WEIGHTS_FILE}
