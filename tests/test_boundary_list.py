@@ -116,3 +116,17 @@ def test_bad_lists_are_one_line_errors(bundles, tmp_path):
         with pytest.raises(EdgeRNNError, match=match):
             export_bundle(run, tmp_path / "bad", top_k=K, **kwargs)
         assert not (tmp_path / "bad").exists()
+
+
+def test_step_bytes_count_the_list_at_boundaries(bundles, tmp_path):
+    """``edge_rnn.bench.onnx_step_bytes`` (the latency table's bound): a boundary reads the list's
+    rows, not the whole head; other ranges read what they read without the list."""
+    from edge_rnn.bench import onnx_step_bytes
+
+    full, listed = bundles["fp32"]
+    plain = export_bundle(full.parent / "run", tmp_path / "plain", top_k=K, prefix_head=True)
+    n_out = len(WORDS) + 2
+    with_list, without = (onnx_step_bytes(b / "model.onnx", read_manifest(b)["export"]["prefix_head"])
+                          for b in (listed, plain))
+    assert with_list(10) == without(10) and with_list(N) == without(N)
+    assert with_list(n_out - 2) == without(N) < without(n_out - 2)
