@@ -3,6 +3,9 @@
     pip install -e ".[bench]"                      # torch (CPU build): benchmark-only dependency
     python scripts/compare_learning.py             # 5 cells x {1, 2} layers, 100/500/2000 steps
     python scripts/compare_learning.py --cells gru --layers 2 --steps 400 --variants default old-init
+    python scripts/compare_learning.py --no-torch --json edge.json &      # the two sides in parallel
+    python scripts/compare_learning.py --variants --json torch.json       # (one core each), then
+    python scripts/compare_learning.py --merge edge.json torch.json --plot curves.png
 
 Both sides train the same architecture (embedding -> cells -> word head) on the same batches, in
 the same order: edge_rnn's own splits of the corpus (``make_splits``) and ``train.batch_at``, with
@@ -14,7 +17,9 @@ first ``--eval-batches`` validation batches (``top1_known``: positions whose tar
 word; the article's ``top1`` counts <unk> positions as misses and is printed too in the JSON).
 
 ``--variants`` adds edge_rnn rows with an initialisation or optimizer setting changed (the ablation
-used to find what made stacks slow; see ``VARIANTS``).
+used to find what made stacks slow; see ``VARIANTS``). ``--merge`` joins the JSON of runs that
+trained the sides apart (``--no-torch`` / ``--variants`` with no name) into one table and plot:
+learning per step does not depend on which process ran it, so on two cores each side can have one.
 """
 
 from __future__ import annotations
@@ -268,6 +273,27 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merge(paths: list[Path], plot_path: Path | None) -> None:
+    """One table (and plot) from several ``--json`` files: the runs of each (cell, layers), in the
+    order the files are given; the files' headers must agree (same corpus, sizes and recipe)."""
+    files = [json.loads(path.read_text()) for path in paths]
+    headers = {f["header"] for f in files}
+    if len(headers) > 1:
+        sys.exit("--merge: the files were run with different settings:\n" + "\n".join(sorted(headers)))
+    merged: dict[tuple[str, int], dict] = {}
+    for f in files:
+        for r in f["results"]:
+            key = (r["cell"], r["layers"])
+            merged.setdefault(key, {**r, "runs": []})["runs"] += r["runs"]
+    results = sorted(merged.values(), key=lambda r: (r["layers"], CELLS.index(r["cell"])))
+    checkpoints = sorted({p["step"] for r in results for run in r["runs"] for p in run["curve"]
+                          if p["step"] in (100, 500, 2000) or p["step"] == run["curve"][-1]["step"]})
+    print(f"# {files[0]['header']}\n\n" + table(results, checkpoints))
+    if plot_path:
+        plot(results, plot_path, files[0]["header"])
+        print(f"\nplot: {plot_path}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
@@ -292,7 +318,11 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write every curve here")
     p.add_argument("--plot", type=Path, default=None, help="write the learning curves here (PNG)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="no training: join these --json files (same settings) into one table and plot")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.plot)
     checkpoints = sorted(c for c in args.checkpoints if args.steps is None or c <= args.steps)
     if args.steps is not None and args.steps not in checkpoints:
         checkpoints.append(args.steps)

@@ -97,3 +97,31 @@ def test_two_layer_cifg_learns_with_its_default_biases_what_the_old_input_bias_d
     new, old = cifg_valid_ce(splits, 0.0), cifg_valid_ce(splits, -1.0)
     assert new < 2.0, (new, old)
     assert old > new + 0.4, (new, old)
+
+
+def test_compare_learning_merges_sides_trained_apart(tmp_path, capsys):
+    """``--merge`` joins an edge-only and a PyTorch-only run of the same settings into one table,
+    each configuration's rows together; files of different settings are refused."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import compare_learning
+
+    def run(name, ce):
+        return {"name": name, "curve": [{"step": s, "ce": ce + 1 / s, "top1_known": 0.5 - 1 / s} for s in (100, 500, 2000)]}
+
+    def write(path, header, name, ce):
+        results = [{"cell": c, "layers": 2, "units": 8, "runs": [run(name, ce)]} for c in ("lstm", "rnn")]
+        path.write_text(json.dumps({"header": header, "results": results}))
+        return path
+
+    edge, torch_ = write(tmp_path / "e.json", "h", "edge-rnn", 2.0), write(tmp_path / "t.json", "h", "pytorch", 2.5)
+    compare_learning.main(["--merge", str(edge), str(torch_)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| rnn") or line.startswith("| lstm")]
+    assert [r.split(" | ")[:3] for r in rows] == [["| rnn", "2", "edge-rnn"], ["| rnn", "2", "pytorch"],
+                                                 ["| lstm", "2", "edge-rnn"], ["| lstm", "2", "pytorch"]]
+    assert rows[1].split(" | ")[5] == f"{2.5 + 1 / 2000:.3f}"  # CE @2000 of the PyTorch side
+    with pytest.raises(SystemExit, match="different settings"):
+        compare_learning.main(["--merge", str(edge), str(write(tmp_path / "x.json", "other", "pytorch", 2.5))])
