@@ -109,6 +109,9 @@ def test_page_in_chromium_matches_python(app_bundles, kind):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url(server) + f"?stack={STACK_DEPTH}&chars={MAX_CHARS}")
             page.evaluate("window.edgeRnn.ready")
+            label = page.locator("#model").inner_text()  # the page says which head it runs
+            assert ("prefix-range head" in label) == kind.startswith(("prefix", "listed")), label
+            assert (f"{LISTED}-word boundary list" in label) == (kind == "listed-int8"), label
             page.focus("#text")
             for (action, arg), step in zip(ACTIONS, want):
                 if action == "type":

@@ -80,7 +80,9 @@ async function start() {
     ...(params.has("chars") ? { maxChars: Number(params.get("chars")) } : {}) };
   session = await openSession(ort, fetchFiles(new URL("./bundle/", import.meta.url).href), options);
   const m = session.backend.manifest;
-  const head = m.export.prefix_head ? "prefix-range head" : "full head";
+  const listed = m.export.prefix_head && m.export.prefix_head.boundary_words;
+  const head = !m.export.prefix_head ? "full head"
+    : listed ? `prefix-range head, ${listed}-word boundary list` : "prefix-range head";
   const precision = m.quantization ? m.quantization.to : m.export.precision;
   document.getElementById("model").textContent =
     `${m.model.cell.toUpperCase()} ${m.model.layers}x${m.model.units}, ${m.model.n_outputs - 2} words, ` +
