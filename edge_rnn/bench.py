@@ -289,15 +289,16 @@ def onnx_step_bytes(model_path: Path, prefix_head: dict | bool) -> Callable[[int
             fixed += size
     if not prefix_head or not n_out:
         return lambda rows: fixed + head
-    wide = prefix_head.get("full_gemm_above_rows", n_out) if isinstance(prefix_head, dict) else n_out
-    listed = prefix_head.get("boundary_words", 0) if isinstance(prefix_head, dict) else 0
+    head_info = prefix_head if isinstance(prefix_head, dict) else {}
+    wide = head_info.get("full_gemm_above_rows", n_out)
+    listed = head_info.get("boundary_words", 0)
+    first, end = head_info.get("word_boundary_range", (0, 0))
+    every_word = end - first  # the rows of a word-boundary range
 
     def read(rows: int) -> int:
-        if listed and rows == n_out - 2:  # the word-boundary range: the list's rows
-            rows, wide_rows = listed, n_out
-        else:
-            wide_rows = wide
-        return fixed + (head if rows > wide_rows else head * rows // n_out)
+        if listed and rows == every_word:  # a word boundary runs the list's rows
+            return fixed + head * listed // n_out
+        return fixed + (head if rows > wide else head * rows // n_out)
 
     return read
 

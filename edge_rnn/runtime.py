@@ -262,7 +262,7 @@ class ONNXBackend:
         self._wide_above = manifest["export"]["prefix_head"]["full_gemm_above_rows"] if split else 0
         # a word-boundary list: its own graph for the range of every word
         self._boundary = self._load(split["boundary"]) if split and split.get("boundary") else None
-        self._every_word = manifest["model"]["n_outputs"]
+        self._boundary_range = manifest["export"]["prefix_head"]["word_boundary_range"] if self._boundary else None
         self._has_log_probs = "log_probs" in {o.name for o in self.session.get_outputs()}
         # fixed fetch order, so a keystroke unpacks a list instead of building a dict; states last
         self._n_fixed = 3 if self._has_log_probs else 2
@@ -367,7 +367,7 @@ class ONNXBackend:
         """The step graph for a prefix range: the boundary list's graph for the range of every
         word, if the bundle has one; a split head's wide graph when the range is wider than
         ``full_gemm_above_rows`` (the branch its ``If`` would take); else ``session``."""
-        if self._boundary is not None and span[0] == 2 and span[1] == self._every_word:
+        if self._boundary is not None and span[0] == self._boundary_range[0] and span[1] == self._boundary_range[1]:
             return self._boundary
         wide = self._wide is not None and span[1] - span[0] > self._wide_above
         return self._wide if wide else self.session

@@ -273,9 +273,10 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def merge(paths: list[Path], plot_path: Path | None) -> None:
+def merge(paths: list[Path], checkpoints: list[int], plot_path: Path | None) -> None:
     """One table (and plot) from several ``--json`` files: the runs of each (cell, layers), in the
-    order the files are given; the files' headers must agree (same corpus, sizes and recipe)."""
+    order the files are given, at ``checkpoints``; the files' headers must agree (same corpus,
+    sizes and recipe)."""
     files = [json.loads(path.read_text()) for path in paths]
     headers = {f["header"] for f in files}
     if len(headers) > 1:
@@ -286,9 +287,7 @@ def merge(paths: list[Path], plot_path: Path | None) -> None:
             key = (r["cell"], r["layers"])
             merged.setdefault(key, {**r, "runs": []})["runs"] += r["runs"]
     results = sorted(merged.values(), key=lambda r: (r["layers"], CELLS.index(r["cell"])))
-    checkpoints = sorted({p["step"] for r in results for run in r["runs"] for p in run["curve"]
-                          if p["step"] in (100, 500, 2000) or p["step"] == run["curve"][-1]["step"]})
-    print(f"# {files[0]['header']}\n\n" + table(results, checkpoints))
+    print(f"# {files[0]['header']}\n\n" + table(results, sorted(checkpoints)))
     if plot_path:
         plot(results, plot_path, files[0]["header"])
         print(f"\nplot: {plot_path}")
@@ -322,7 +321,7 @@ def main(argv=None) -> None:
                    help="no training: join these --json files (same settings) into one table and plot")
     args = p.parse_args(argv)
     if args.merge:
-        return merge(args.merge, args.plot)
+        return merge(args.merge, args.checkpoints, args.plot)
     checkpoints = sorted(c for c in args.checkpoints if args.steps is None or c <= args.steps)
     if args.steps is not None and args.steps not in checkpoints:
         checkpoints.append(args.steps)

@@ -163,7 +163,7 @@ export class ONNXBackend {
     backend._wideAbove = split ? manifest.export.prefix_head.full_gemm_above_rows : 0;
     // a word-boundary list: its own graph for the range of every word
     backend._boundary = split && split.boundary ? await load(split.boundary) : null;
-    backend._everyWord = manifest.model.n_outputs;
+    backend._boundaryRange = backend._boundary ? manifest.export.prefix_head.word_boundary_range : null;
     return backend;
   }
 
@@ -214,7 +214,9 @@ export class ONNXBackend {
    * if the bundle has one; a split head's wide graph when the range is wider than
    * full_gemm_above_rows (the branch its If would take); else `session`. */
   graphFor(span) {
-    if (this._boundary !== null && span[0] === 2 && span[1] === this._everyWord) return this._boundary;
+    if (this._boundary !== null && span[0] === this._boundaryRange[0] && span[1] === this._boundaryRange[1]) {
+      return this._boundary;
+    }
     const wide = this._wide !== null && span[1] - span[0] > this._wideAbove;
     return wide ? this._wide : this.session;
   }

@@ -574,9 +574,14 @@ def boundary_candidates(order: np.ndarray, n: int) -> np.ndarray:
 
 
 def read_boundary_candidates(bundle_dir: Path) -> np.ndarray:
-    """A bundle's boundary list (its exported ids), read back from ``model_boundary.onnx``."""
-    model = onnx.load(str(Path(bundle_dir) / BOUNDARY_FILE))  # with its external data
+    """A bundle's boundary list (its exported ids), read back from ``model_boundary.onnx``: that
+    one tensor's bytes from weights.bin, not the whole head's."""
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    model = onnx.load(str(Path(bundle_dir) / BOUNDARY_FILE), load_external_data=False)
     tensor = next(t for t in model.graph.initializer if t.name == BOUNDARY_CANDIDATES)
+    if uses_external_data(tensor):
+        load_external_data_for_tensor(tensor, str(bundle_dir))
     return numpy_helper.to_array(tensor)
 
 
