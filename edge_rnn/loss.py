@@ -8,6 +8,10 @@ then ``exp`` again for its gradient, then a one-hot scatter and a multiply). Her
   also returning ``logsumexp(z)`` for the backward;
 - backward: ``dz = dce * (softmax(z) - onehot(target))`` in one pass from ``z`` and ``lse``.
 
+Optionally each row's softmax runs over its own columns ``[lo, hi)`` only (``ranges``): the prefix
+objective (``edge_rnn.prefix``), where a position ranks just the words its typed letters allow.
+Columns outside a row's range get no probability, no gradient, and are never its top-1.
+
 With the optional extension (``edge_rnn.ext``) both passes are single vectorised, multi-threaded
 kernels. Without it they are MLX ops; the forward then keeps ``softmax(z)`` so that the backward
 needs no second ``exp`` (MLX's ``exp`` is scalar on x86). Values equal ``nn.losses.cross_entropy``
@@ -22,20 +26,27 @@ from edge_rnn import ext
 
 
 @mx.custom_function
-def _xent_fast(z, targets):
-    lse, top = ext._ext.logsumexp_rows(z)
+def _xent_fast(z, targets, ranges):
+    lse, top = ext._ext.logsumexp_rows(z, ranges)
     return lse - mx.take_along_axis(z, targets[:, None], axis=-1)[:, 0], top, lse
 
 
 @_xent_fast.vjp
 def _xent_fast_vjp(primals, cotangents, outputs):
-    z, targets = primals
+    z, targets, ranges = primals
     dce = cotangents[0]
-    return ext._ext.softmax_xent_grad(z, outputs[2], targets, dce), mx.zeros_like(targets)
+    return ext._ext.softmax_xent_grad(z, outputs[2], targets, dce, ranges), mx.zeros_like(targets), mx.zeros_like(ranges)
+
+
+def _outside(z: mx.array, ranges: mx.array) -> mx.array:
+    """Set every column outside its row's ``[lo, hi)`` to -inf (the kernels skip them instead)."""
+    cols = mx.arange(z.shape[-1])[None, :]
+    return mx.where((cols >= ranges[:, :1]) & (cols < ranges[:, 1:]), z, -mx.inf)
 
 
 @mx.custom_function
-def _xent_mlx(z, targets):
+def _xent_mlx(z, targets, ranges):
+    z = _outside(z, ranges)
     m = mx.stop_gradient(z.max(axis=-1, keepdims=True))
     e = mx.exp(z - m)
     s = e.sum(axis=-1, keepdims=True)
@@ -46,22 +57,28 @@ def _xent_mlx(z, targets):
 
 @_xent_mlx.vjp
 def _xent_mlx_vjp(primals, cotangents, outputs):
-    z, targets = primals
+    z, targets, ranges = primals
     dce, p = cotangents[0], outputs[2]
     onehot = mx.arange(z.shape[-1])[None, :] == targets[:, None]
-    return (p - onehot) * dce[:, None], mx.zeros_like(targets)
+    return (p - onehot) * dce[:, None], mx.zeros_like(targets), mx.zeros_like(ranges)
 
 
-def cross_entropy(logits: mx.array, targets: mx.array) -> tuple[mx.array, mx.array]:
+def cross_entropy(logits: mx.array, targets: mx.array, ranges: mx.array | None = None) -> tuple[mx.array, mx.array]:
     """Per-token cross-entropy and top-1 prediction: ``logits (..., V)``, integer ``targets (...)``
-    -> ``(ce, argmax)``, both ``(...)``.
+    -> ``(ce, argmax)``, both ``(...)``; ``ranges (..., 2)``: each token's columns ``[lo, hi)``
+    (default: all of them).
 
-    ``ce`` has the values of ``nn.losses.cross_entropy(logits, targets, reduction="none")`` and
-    ``argmax`` those of ``logits.argmax(axis=-1)`` (the kernel finds it while it reads the row).
+    ``ce`` has the values of ``nn.losses.cross_entropy(z, targets, reduction="none")`` and
+    ``argmax`` those of ``z.argmax(axis=-1)`` (the kernel finds it while it reads the row), where
+    ``z`` is ``logits`` with the columns outside each range set to -inf.
     """
     shape = targets.shape
     z = logits.reshape(-1, logits.shape[-1])
     t = targets.reshape(-1).astype(mx.int32)
+    if ranges is None:
+        r = mx.broadcast_to(mx.array([0, z.shape[-1]], mx.int32), (z.shape[0], 2))
+    else:
+        r = ranges.reshape(-1, 2).astype(mx.int32)
     fn = _xent_fast if ext.usable(z) else _xent_mlx
-    ce, top, _ = fn(z, t)
+    ce, top, _ = fn(z, t, r)
     return ce.reshape(shape), top.reshape(shape)

@@ -253,12 +253,73 @@ def test_ext_softmax_kernels_match_numpy():
     z64 = z.astype(np.float64)
     m = z64.max(-1, keepdims=True)
     lse = m[:, 0] + np.log(np.exp(z64 - m).sum(-1))
-    got_lse, top1 = (np.array(a) for a in ext._ext.logsumexp_rows(mx.array(z)))
+    every = mx.array(np.tile([0, 1001], (33, 1)).astype(np.int32))
+    got_lse, top1 = (np.array(a) for a in ext._ext.logsumexp_rows(mx.array(z), every))
     np.testing.assert_allclose(got_lse, lse, rtol=1e-6)
     np.testing.assert_array_equal(top1, z.argmax(-1))
     grad = np.exp(z64 - lse[:, None])
     grad[np.arange(33), t] -= 1
     grad *= scale[:, None]
-    got = np.array(ext._ext.softmax_xent_grad(mx.array(z), mx.array(got_lse), mx.array(t), mx.array(scale)))
+    got = np.array(ext._ext.softmax_xent_grad(mx.array(z), mx.array(got_lse), mx.array(t), mx.array(scale), every))
     np.testing.assert_allclose(got, grad, rtol=1e-5, atol=1e-6)
     assert not got[5].any()
+
+
+def _ranged_case(seed: int = 4):
+    """Logits, targets inside their rows' ranges, ranges of every width (1 column to all), and
+    the same logits with the columns outside each range set to -inf (the reference's input)."""
+    rng = np.random.default_rng(seed)
+    N, V = 40, 1001
+    z = rng.normal(0, 3, (N, V)).astype(np.float32)
+    lo = rng.integers(0, V, N)
+    hi = np.minimum(lo + rng.integers(1, 300, N), V)
+    lo[:3], hi[:3] = [0, 5, 1000], [V, 6, 1001]  # the whole row, one column, the last column
+    t = rng.integers(lo, hi).astype(np.int32)
+    cols = np.arange(V)[None, :]
+    masked = np.where((cols >= lo[:, None]) & (cols < hi[:, None]), z, -np.inf).astype(np.float32)
+    return z, t, np.stack([lo, hi], 1).astype(np.int32), masked
+
+
+@pytest.mark.usefixtures("ext_built")
+def test_ext_softmax_kernels_ranges_match_numpy():
+    """With ranges the kernels equal the full-row ones on logits that are -inf outside each range."""
+    z, t, ranges, masked = _ranged_case()
+    scale = np.linspace(-1, 1, len(t)).astype(np.float32)
+    lse, top1 = ext._ext.logsumexp_rows(mx.array(z), mx.array(ranges))
+    z64 = masked.astype(np.float64)
+    m = z64.max(-1, keepdims=True)
+    want_lse = m[:, 0] + np.log(np.exp(z64 - m).sum(-1))
+    np.testing.assert_allclose(np.array(lse), want_lse, rtol=1e-6)
+    np.testing.assert_array_equal(np.array(top1), masked.argmax(-1))
+    grad = np.exp(z64 - want_lse[:, None])
+    grad[np.arange(len(t)), t] -= 1
+    grad *= scale[:, None]
+    got = np.array(ext._ext.softmax_xent_grad(mx.array(z), lse, mx.array(t), mx.array(scale), mx.array(ranges)))
+    np.testing.assert_allclose(got, grad, rtol=1e-5, atol=1e-6)
+    assert (got[masked == -np.inf] == 0).all()
+
+
+@pytest.mark.parametrize("kernels", ["ext", "mlx"])
+def test_cross_entropy_ranges_equal_masked_logits(kernels, monkeypatch, request):
+    """``cross_entropy(z, t, ranges)``: values, top-1 and gradient of MLX's own cross-entropy of
+    the masked logits, through the extension and through the MLX fallback alike."""
+    if kernels == "ext":
+        request.getfixturevalue("ext_built")
+    else:
+        monkeypatch.setattr(ext, "usable", lambda x: False)
+    z, t, ranges, masked = _ranged_case(5)
+    w = mx.array(np.linspace(0, 1, len(t)).astype(np.float32))
+
+    def ours(a):
+        ce, _ = loss.cross_entropy(a, mx.array(t), mx.array(ranges))
+        return (ce * w).sum()
+
+    def ref(a):
+        a = mx.where(mx.array(masked) == -mx.inf, -mx.inf, a)
+        return (nn.losses.cross_entropy(a, mx.array(t), reduction="none") * w).sum()
+
+    x = mx.array(z)
+    np.testing.assert_allclose(float(ours(x)), float(ref(x)), rtol=1e-5)
+    np.testing.assert_array_equal(np.array(loss.cross_entropy(x, mx.array(t), mx.array(ranges))[1]), masked.argmax(-1))
+    got, want = np.array(mx.grad(ours)(x)), np.array(mx.grad(ref)(x))
+    np.testing.assert_allclose(got, np.nan_to_num(want), rtol=1e-5, atol=1e-6)

@@ -19,6 +19,7 @@ import os
 
 import mlx.core as mx
 
+API = 2  # the kernels' signatures this package calls (kernels.cpp sets the same)
 _ext = None
 error: str | None = None  # why the extension is not in use, for `edge-rnn info` and benchmarks
 if os.environ.get("EDGE_RNN_EXT", "auto").strip().lower() in {"off", "0", "none"}:
@@ -32,6 +33,9 @@ else:
         if getattr(_ext, "mlx_version", None) != mx.__version__:
             error = (f"built for MLX {getattr(_ext, 'mlx_version', '?')}, this is MLX {mx.__version__}: "
                      "rebuild with python -m edge_rnn.ext")
+            _ext = None
+        elif getattr(_ext, "api", 1) != API:
+            error = "built from older kernels.cpp: rebuild with python -m edge_rnn.ext"
             _ext = None
 
 available: bool = _ext is not None

@@ -5,8 +5,11 @@
 // arrays over the cores, and agree with the exact functions to a few float32 ulp:
 //
 //   sigmoid(x), tanh(x)                      element-wise, with their vjp (autodiff path)
-//   logsumexp_rows(z)          (N, V) -> (N,), (N,)  every row's softmax normaliser and argmax
-//   softmax_xent_grad(z, lse, targets, scale) (N, V): scale[n] * (softmax(z[n]) - onehot(t[n]))
+//   logsumexp_rows(z, ranges)  (N, V) -> (N,), (N,)  every row's softmax normaliser and argmax
+//   softmax_xent_grad(z, lse, targets, scale, ranges) (N, V): scale[n] * (softmax(z[n]) - onehot(t[n]))
+//
+// ``ranges`` (N, 2) int32 holds each row's columns [lo, hi): the softmax is over those alone (the
+// prefix objective: only the words the typed letters allow), and the gradient is 0 outside them.
 //
 // The two cross-entropy kernels are what edge_rnn.loss uses for the output layer, whose softmax
 // over ~10k words is most of a training step's element-wise work.
@@ -17,6 +20,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -187,6 +191,12 @@ void row_xent_grad(const float* z, float lse, int32_t target, float scale, float
   if (target >= 0 && static_cast<size_t>(target) < V) g[target] -= scale;
 }
 
+// A row's [lo, hi) columns, clamped into [0, V] (hi >= lo).
+inline std::pair<size_t, size_t> row_range(const int32_t* r, size_t V) {
+  size_t lo = static_cast<size_t>(std::clamp<int64_t>(r[0], 0, V));
+  return {lo, static_cast<size_t>(std::clamp<int64_t>(r[1], lo, V))};
+}
+
 // Run body(begin, end) over [0, n) on up to hardware_concurrency threads (one for small work).
 template <typename F>
 void parallel_for(size_t n, size_t min_per_thread, F body) {
@@ -273,20 +283,27 @@ class LogSumExpRows : public mx::Primitive {
  public:
   explicit LogSumExpRows(mx::Stream s) : mx::Primitive(s) {}
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto& z = inputs[0];
+    auto &z = inputs[0], &ranges = inputs[1];
     for (auto& o : outputs) o.set_data(mx::allocator::malloc(o.nbytes()));
     auto& encoder = mx::cpu::get_command_encoder(stream());
     encoder.set_input_array(z);
+    encoder.set_input_array(ranges);
     encoder.set_output_array(outputs[0]);
     encoder.set_output_array(outputs[1]);
-    encoder.dispatch([z = mx::array::unsafe_weak_copy(z), lse = mx::array::unsafe_weak_copy(outputs[0]),
+    encoder.dispatch([z = mx::array::unsafe_weak_copy(z), ranges = mx::array::unsafe_weak_copy(ranges),
+                      lse = mx::array::unsafe_weak_copy(outputs[0]),
                       top = mx::array::unsafe_weak_copy(outputs[1])]() mutable {
       size_t V = z.shape(-1), N = z.size() / V;
       const float* src = z.data<float>();
+      const int32_t* rp = ranges.data<int32_t>();
       float* lp = lse.data<float>();
       uint32_t* tp = top.data<uint32_t>();
       parallel_for(N, std::max<size_t>(1, (1 << 16) / V), [&](size_t b, size_t e) {
-        for (size_t n = b; n < e; ++n) lp[n] = row_logsumexp(src + n * V, V, tp + n);
+        for (size_t n = b; n < e; ++n) {
+          auto [lo, hi] = row_range(rp + 2 * n, V);
+          lp[n] = row_logsumexp(src + n * V + lo, hi - lo, tp + n);
+          tp[n] += lo;
+        }
       });
     });
   }
@@ -301,7 +318,7 @@ class SoftmaxXentGrad : public mx::UnaryPrimitive {
  public:
   explicit SoftmaxXentGrad(mx::Stream s) : mx::UnaryPrimitive(s) {}
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    auto &z = inputs[0], &lse = inputs[1], &targets = inputs[2], &scale = inputs[3];
+    auto &z = inputs[0], &lse = inputs[1], &targets = inputs[2], &scale = inputs[3], &ranges = inputs[4];
     if (mx::is_donatable(z, out)) out.copy_shared_buffer(z);  // write the gradient over the logits
     else out.set_data(mx::allocator::malloc(out.nbytes()));
     auto& encoder = mx::cpu::get_command_encoder(stream());
@@ -309,15 +326,22 @@ class SoftmaxXentGrad : public mx::UnaryPrimitive {
     encoder.set_output_array(out);
     encoder.dispatch([z = mx::array::unsafe_weak_copy(z), lse = mx::array::unsafe_weak_copy(lse),
                       targets = mx::array::unsafe_weak_copy(targets), scale = mx::array::unsafe_weak_copy(scale),
-                      out = mx::array::unsafe_weak_copy(out)]() mutable {
+                      ranges = mx::array::unsafe_weak_copy(ranges), out = mx::array::unsafe_weak_copy(out)]() mutable {
       size_t V = z.shape(-1), N = z.size() / V;
       const float* zp = z.data<float>();
       const float* lp = lse.data<float>();
       const int32_t* tp = targets.data<int32_t>();
       const float* sp = scale.data<float>();
+      const int32_t* rp = ranges.data<int32_t>();
       float* gp = out.data<float>();
       parallel_for(N, std::max<size_t>(1, (1 << 16) / V), [&](size_t b, size_t e) {
-        for (size_t n = b; n < e; ++n) row_xent_grad(zp + n * V, lp[n], tp[n], sp[n], gp + n * V, V);
+        for (size_t n = b; n < e; ++n) {
+          auto [lo, hi] = row_range(rp + 2 * n, V);
+          float* g = gp + n * V;
+          std::memset(g, 0, lo * sizeof(float));
+          row_xent_grad(zp + n * V + lo, lp[n], tp[n] - static_cast<int32_t>(lo), sp[n], g + lo, hi - lo);
+          std::memset(g + hi, 0, (V - hi) * sizeof(float));
+        }
       });
     });
   }
@@ -337,17 +361,23 @@ mx::array fast_activation(const mx::array& x, Act kind) {
   return mx::array(xc.shape(), mx::float32, std::make_shared<FastActivation>(s, kind), {xc});
 }
 
-std::vector<mx::array> logsumexp_rows(const mx::array& z) {
+mx::array checked_ranges(const mx::array& ranges, int N, mx::Stream s, const char* op) {
+  if (ranges.ndim() != 2 || ranges.shape(0) != N || ranges.shape(1) != 2)
+    throw std::invalid_argument(std::string(op) + ": ranges must be (N, 2)");
+  return mx::contiguous(mx::astype(ranges, mx::int32, s), false, s);
+}
+
+std::vector<mx::array> logsumexp_rows(const mx::array& z, const mx::array& ranges) {
   check_cpu_float32(z, "logsumexp_rows");
   if (z.ndim() != 2) throw std::invalid_argument("logsumexp_rows: expects (N, V) logits");
   auto s = mx::to_stream({});
-  auto zc = mx::contiguous(z, false, s);
+  std::vector<mx::array> in = {mx::contiguous(z, false, s), checked_ranges(ranges, z.shape(0), s, "logsumexp_rows")};
   return mx::array::make_arrays({{z.shape(0)}, {z.shape(0)}}, {mx::float32, mx::uint32},
-                                std::make_shared<LogSumExpRows>(s), {zc});
+                                std::make_shared<LogSumExpRows>(s), in);
 }
 
 mx::array softmax_xent_grad(const mx::array& z, const mx::array& lse, const mx::array& targets,
-                            const mx::array& scale) {
+                            const mx::array& scale, const mx::array& ranges) {
   check_cpu_float32(z, "softmax_xent_grad");
   if (z.ndim() != 2) throw std::invalid_argument("softmax_xent_grad: expects (N, V) logits");
   auto N = z.shape(0);
@@ -356,7 +386,8 @@ mx::array softmax_xent_grad(const mx::array& z, const mx::array& lse, const mx::
       mx::contiguous(z, false, s),
       mx::contiguous(mx::astype(mx::reshape(lse, {N}, s), mx::float32, s), false, s),
       mx::contiguous(mx::astype(mx::reshape(targets, {N}, s), mx::int32, s), false, s),
-      mx::contiguous(mx::astype(mx::broadcast_to(scale, {N}, s), mx::float32, s), false, s)};
+      mx::contiguous(mx::astype(mx::broadcast_to(scale, {N}, s), mx::float32, s), false, s),
+      checked_ranges(ranges, N, s, "softmax_xent_grad")};
   return mx::array(z.shape(), mx::float32, std::make_shared<SoftmaxXentGrad>(s), in);
 }
 
@@ -368,14 +399,15 @@ NB_MODULE(_ext, m) {
         "Element-wise logistic sigmoid of a float32 array.");
   m.def("tanh", [](const mx::array& x) { return fast_activation(x, Act::Tanh); }, "x"_a,
         "Element-wise tanh of a float32 array.");
-  m.def("logsumexp_rows", &logsumexp_rows, "z"_a,
-        "(log(sum(exp(z), axis=-1)), argmax(z, axis=-1)) of (N, V) float32 logits.");
-  m.def("softmax_xent_grad", &softmax_xent_grad, "z"_a, "lse"_a, "targets"_a, "scale"_a,
-        "scale[:, None] * (softmax(z) - one_hot(targets)) from z (N, V) and its logsumexp.");
+  m.def("logsumexp_rows", &logsumexp_rows, "z"_a, "ranges"_a,
+        "(log(sum(exp(z[lo:hi]))), lo + argmax(z[lo:hi])) of each row of (N, V) float32 logits.");
+  m.def("softmax_xent_grad", &softmax_xent_grad, "z"_a, "lse"_a, "targets"_a, "scale"_a, "ranges"_a,
+        "scale[:, None] * (softmax(z[lo:hi]) - one_hot(targets)) from z (N, V) and its logsumexp, 0 outside [lo, hi).");
 #ifndef EDGE_MLX_VERSION
 #define EDGE_MLX_VERSION "unknown"
 #endif
   m.attr("mlx_version") = EDGE_MLX_VERSION;
+  m.attr("api") = 2;  // edge_rnn.ext.API: bumped when a kernel's signature changes (2: ranges)
 #ifdef EDGE_AVX2
   m.attr("simd") = "avx2";
 #else
