@@ -8,6 +8,9 @@ Conventions (say them wherever a number is shown):
   position, and a position whose target is ``<unk>`` counts as a miss (the model cannot name a word
   it does not know). ``top1_known`` leaves those positions out.
 - ``bpc`` (char-LM task) is ``ce / ln 2``.
+- With ``prefix`` (a run trained with the prefix objective, ``edge_rnn.prefix``) every one of these
+  is over the words of the typed prefix only, as its training loss was: ``top1`` is then the
+  suggestion a keyboard shows first, and ``"objective": "prefix"`` says so in the metrics.
 
 Batching does not change the numbers: every observation starts from a zero state and padding is
 only ever on the right, so a padded batch computes the same per-position outputs as batch size 1.
@@ -26,12 +29,23 @@ from edge_rnn import distributed
 from edge_rnn.data import Dataset, Splits, load_corpus, make_splits, most_frequent_baseline
 from edge_rnn.io import EdgeRNNError
 from edge_rnn.model import TRAIN, RNNModel, load, load_config
+from edge_rnn.prefix import PrefixRanges, run_objective
 from edge_rnn.vocab import PAD, UNK, Vocab
 
 
-def _batch_sums(model: RNNModel, ids: mx.array, targets: mx.array) -> mx.array:
-    """Per-batch sums: [ce over loss tokens, loss tokens, non-pad tokens, unk tokens, top1, top3]."""
-    logits, _ = model(ids)
+def _batch_sums(model: RNNModel, ids: mx.array, targets: mx.array,
+                prefix: tuple[mx.array, mx.array] | None = None) -> mx.array:
+    """Per-batch sums: [ce over loss tokens, loss tokens, non-pad tokens, unk tokens, top1, top3].
+
+    ``prefix``: ``(order, ranges)`` as in ``RNNModel.loss``, ``targets`` as positions in ``order``.
+    """
+    if prefix is None:
+        logits, _ = model(ids)
+    else:  # the words outside each range at -1e30, not -inf: a <pad>/<unk> target's 0 weight must not make nan
+        order, ranges = prefix
+        logits = model.output(model.features(ids)[0], order)
+        cols = mx.arange(logits.shape[-1])
+        logits = mx.where((cols >= ranges[..., :1]) & (cols < ranges[..., 1:]), logits, -1e30)
     logits = logits.astype(mx.float32)
     logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     target_logp = mx.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
@@ -52,18 +66,25 @@ def _batch_sums(model: RNNModel, ids: mx.array, targets: mx.array) -> mx.array:
 
 
 def evaluate(model: RNNModel, data: Dataset, batch_size: int = 64, max_batches: int | None = None,
-             ranks: distributed.Ranks = distributed.Ranks(None)) -> dict:
-    """Metrics of ``model`` on ``data`` (all of it, or the first ``max_batches`` batches).
+             ranks: distributed.Ranks = distributed.Ranks(None), prefix: PrefixRanges | None = None) -> dict:
+    """Metrics of ``model`` on ``data`` (all of it, or the first ``max_batches`` batches); over the
+    typed prefix's words only with ``prefix`` (see the module's conventions).
 
     With several ranks each takes every ``size``-th batch and the sums are added over ranks:
     the same numbers as one process.
     """
     sums = np.zeros(6, dtype=np.float64)
+    order = None if prefix is None else mx.array(prefix.order)
     for k, (ids, targets) in enumerate(data.batches(batch_size, shuffle=False)):
         if max_batches is not None and k >= max_batches:
             break
-        if k % ranks.size == ranks.rank:
-            sums += np.array(_batch_sums(model, mx.array(ids), mx.array(targets)), dtype=np.float64)
+        if k % ranks.size != ranks.rank:
+            continue
+        ranges = None
+        if prefix is not None:
+            targets, ranges = prefix.batch(ids, targets)
+            ranges = (order, mx.array(ranges))
+        sums += np.array(_batch_sums(model, mx.array(ids), mx.array(targets), ranges), dtype=np.float64)
     if ranks.size > 1:  # float32 on the wire: counts stay exact below 2**24 per rank
         sums = np.array(distributed.all_sum(mx.array(sums.astype(np.float32)), ranks), dtype=np.float64)
     ce_sum, n_loss, n_valid, n_unk, top1, top3 = sums
@@ -74,6 +95,8 @@ def evaluate(model: RNNModel, data: Dataset, batch_size: int = 64, max_batches: 
         "top3": float(top3 / max(n_valid, 1)),
         "tokens": int(n_valid),
     }
+    if prefix is not None:
+        metrics["objective"] = "prefix"
     if model.config.task == "autocomplete":
         metrics["top1_known"] = float(top1 / max(n_valid - n_unk, 1))
         metrics["unk_rate"] = float(n_unk / max(n_valid, 1))
@@ -102,10 +125,15 @@ def evaluate_run(run_dir: Path, split: str = "test", batch_size: int = 64) -> di
         raise EdgeRNNError(f"unknown split {split!r}; choose train, valid or test")
     model, vocab = load(run_dir)
     splits = run_splits(run_dir, vocab)
-    result = {"model": evaluate(model, getattr(splits, split), batch_size)}
+    result = {"model": evaluate(model, getattr(splits, split), batch_size, prefix=run_prefix(run_dir, splits.vocab))}
     if splits.task == "autocomplete" and split == "test":
         result["baseline"] = {"top1": most_frequent_baseline(splits)}
     return result
+
+
+def run_prefix(run_dir: Path, vocab: Vocab | None) -> PrefixRanges | None:
+    """The prefix objective's ranges when the run was trained with it (its metrics follow it)."""
+    return PrefixRanges.from_vocab(vocab) if vocab is not None and run_objective(run_dir) == "prefix" else None
 
 
 def evaluate_corpus(run_dir: Path, corpus: str, batch_size: int = 64) -> dict:
@@ -121,4 +149,4 @@ def evaluate_corpus(run_dir: Path, corpus: str, batch_size: int = 64) -> dict:
         data = encode_autocomplete(text, vocab)
     else:
         data = encode_charlm(text)
-    return {"model": evaluate(model, data, batch_size)}
+    return {"model": evaluate(model, data, batch_size, prefix=run_prefix(run_dir, vocab))}

@@ -117,9 +117,13 @@ class RNNModel(nn.Module):
             self.bottleneck = nn.Linear(H, config.head_dim, bias=False)
         self.head = nn.Linear(config.head_dim or H, config.n_outputs)
 
-    def output(self, h: mx.array) -> mx.array:
-        """Logits from the last layer's output ``h`` (..., H)."""
-        return self.head(self.bottleneck(h) if self.config.head_dim else h)
+    def output(self, h: mx.array, rows: mx.array | None = None) -> mx.array:
+        """Logits from the last layer's output ``h`` (..., H); of the head's ``rows`` only, in
+        that order, when given (the prefix objective takes them in sorted-word order)."""
+        h = self.bottleneck(h) if self.config.head_dim else h
+        if rows is None:
+            return self.head(h)
+        return h @ self.head.weight[rows].T + self.head.bias[rows]
 
     def embed(self, ids: mx.array) -> mx.array:
         table = mx.concatenate([mx.zeros((1, self.config.embed_dim)), self.embedding])
@@ -134,6 +138,12 @@ class RNNModel(nn.Module):
 
         ``dropout`` is for training only; evaluation and export never pass it.
         """
+        h, new_state = self.features(ids, state, dropout)
+        return self.output(h), new_state
+
+    def features(self, ids: mx.array, state: list[State] | None = None,
+                 dropout: Dropout | None = None) -> tuple[mx.array, list[State]]:
+        """``ids`` (B, T) -> the last layer's outputs (B, T, H) and the final state of every layer."""
         drop = dropout or (lambda x, site: x)
         x = drop(self.embed(ids), 0)
         state = state or [None] * len(self.layers)
@@ -142,7 +152,7 @@ class RNNModel(nn.Module):
             x, s = cell(x, s)
             x = drop(x, k)
             new_state.append(s)
-        return self.output(x), new_state
+        return x, new_state
 
     def step(self, ids: mx.array, state: list[State]) -> tuple[mx.array, list[State]]:
         """One character per batch row, ``ids`` (B,) -> logits (B, n_outputs): one keystroke."""
@@ -160,17 +170,25 @@ class RNNModel(nn.Module):
             weights = weights & (targets != UNK)
         return weights
 
-    def loss(self, ids: mx.array, targets: mx.array,
-             dropout: Dropout | None = None) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    def loss(self, ids: mx.array, targets: mx.array, dropout: Dropout | None = None,
+             prefix: tuple[mx.array, mx.array] | None = None) -> tuple[mx.array, tuple[mx.array, mx.array]]:
         """Mean cross-entropy over the tokens that carry loss; also (their count, top-1 hits).
 
         The extra outputs ride along so that training can show accuracy without a second forward.
+        ``prefix``: ``(order, ranges)`` of the prefix objective (``edge_rnn.prefix``): the head's
+        rows in ``order``, each token's softmax over its ``ranges`` (B, T, 2) of them, and
+        ``targets`` given as positions in ``order``.
         """
-        logits, _ = self(ids, dropout=dropout)
+        h, _ = self.features(ids, dropout=dropout)
+        order, ranges = prefix if prefix is not None else (None, None)
+        logits = self.output(h, order)
         weights = self.loss_weights(targets)
         if all(cell.manual_backward for cell in self.layers):  # fast path: fused softmax backward
-            ce, top1 = cross_entropy(logits, targets)
-        else:  # the autodiff reference path
+            ce, top1 = cross_entropy(logits, targets, ranges)
+        else:  # the autodiff reference path (ranges: the words outside them masked)
+            if ranges is not None:  # -1e30, not -inf: nn.losses.cross_entropy multiplies logits by 0
+                cols = mx.arange(logits.shape[-1])
+                logits = mx.where((cols >= ranges[..., :1]) & (cols < ranges[..., 1:]), logits, -1e30)
             ce, top1 = nn.losses.cross_entropy(logits, targets, reduction="none"), logits.argmax(axis=-1)
         n = mx.maximum(weights.sum(), 1)
         hits = ((top1 == targets) & weights).sum()

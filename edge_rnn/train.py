@@ -42,6 +42,7 @@ from edge_rnn.evaluate import evaluate
 from edge_rnn.faults import crash_point
 from edge_rnn.io import EdgeRNNError, atomic_dir, atomic_write_text, check_safetensors, recover_dir
 from edge_rnn.model import ModelConfig, RNNModel
+from edge_rnn.prefix import OBJECTIVES, PrefixRanges
 
 CHECKPOINT = "checkpoint"
 OPTIMIZER, STEP = "optimizer.safetensors", "step.json"
@@ -70,6 +71,7 @@ class TrainConfig:
     warmup: int | None = None  # warm-up steps; None: 5 % of steps, at most 100
     adam_bias_correction: bool = True  # MLX's Adam defaults to False: up to ~6x the lr early on
     dropout: float = 0.0  # rate on the non-recurrent connections (model.Dropout); 0: none
+    objective: str = "word"  # "word": the article's cross-entropy; "prefix": over the typed prefix's words (edge_rnn.prefix)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "eval_batches"):
@@ -82,6 +84,8 @@ class TrainConfig:
                 raise EdgeRNNError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise EdgeRNNError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.objective not in OBJECTIVES:
+            raise EdgeRNNError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
         if self.schedule not in schedule.SCHEDULES:
             raise EdgeRNNError(f"unknown schedule {self.schedule!r}; choose one of: {', '.join(schedule.SCHEDULES)}")
 
@@ -110,20 +114,24 @@ def batch_at(data: Dataset, step: int, batch_size: int, seed: int, max_len: int)
 
 def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None,
               ranks: distributed.Ranks = distributed.Ranks(None), dropout: float = 0.0,
-              batch_size: int | None = None) -> Callable:
+              batch_size: int | None = None, order: np.ndarray | None = None) -> Callable:
     """One compiled update: loss, gradients (averaged over ranks, clipped if asked), Adam.
 
     ``step(ids, targets)``; with ``dropout`` > 0, ``step(ids, targets, key)``: the key of this
     step's masks drawn over the global batch of ``batch_size`` rows (this rank's rows of it).
+    With the prefix objective's ``order`` (``PrefixRanges.order``), ``step(ids, targets, key,
+    ranges)`` with targets as positions in that order (``PrefixRanges.batch``).
     """
     loss_and_grad = nn.value_and_grad(model, model.loss)
     state = [model.state, optimizer.state]
     rows = distributed.shard(batch_size, ranks) if dropout else None
+    head_order = None if order is None else mx.array(order)
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def step(ids, targets, key=None):
+    def step(ids, targets, key=None, ranges=None):
         masks = modeling.Dropout(dropout, key, batch_size, rows) if dropout else None
-        (loss, (n, hits)), grads = loss_and_grad(ids, targets, masks)
+        prefix = None if head_order is None else (head_order, ranges)
+        (loss, (n, hits)), grads = loss_and_grad(ids, targets, masks, prefix)
         loss, n, hits, grads = distributed.reduce_step(loss, n, hits, grads, ranks)
         if clip is not None:
             grads, _ = optim.clip_grad_norm(grads, clip)
@@ -372,16 +380,22 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
         raise EdgeRNNError(f"{run_dir} already reached step {start}; pass a larger --steps to continue")
     if not ranks.main:
         progress = echo = None
-    step_fn = make_step(model, optimizer, config.clip, ranks, config.dropout, config.batch_size)
+    if config.objective == "prefix" and splits.vocab is None:
+        raise EdgeRNNError("the prefix objective needs an autocomplete model (its outputs are words)")
+    prefix = PrefixRanges.from_vocab(splits.vocab) if config.objective == "prefix" else None
+    step_fn = make_step(model, optimizer, config.clip, ranks, config.dropout, config.batch_size,
+                        None if prefix is None else prefix.order)
     try:
-        return _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks, rows, progress, echo)
+        return _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks, rows, progress, echo,
+                     prefix)
     except RuntimeError as err:
         if distributed.peer_lost(err):
             raise distributed.PeerLost(ranks, err) from None
         raise
 
 
-def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks, rows, progress, echo) -> dict:
+def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks, rows, progress, echo,
+          prefix: PrefixRanges | None) -> dict:
     """Steps, validation and checkpoints (rank 0 writes) until the steps or the minutes run out."""
     started = time.perf_counter()
     log = (ProgressLog(run_dir, start, config.steps, config.log_seconds, echo, config.minutes)
@@ -397,11 +411,13 @@ def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks,
             ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
             elapsed = _elapsed(started, config, ranks)
             optimizer.learning_rate = schedule.learning_rate(config, step, elapsed)
-            dropout_key = ()
+            step_key = ranges = None
             if config.dropout:  # one half draws this step's masks; the checkpoint keeps the other
                 key, step_key = mx.random.split(key)
-                dropout_key = (step_key,)
-            loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]), *dropout_key)
+            if prefix is not None:
+                targets, ranges = prefix.batch(ids, targets)
+                ranges = mx.array(ranges[rows])
+            loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]), step_key, ranges)
             crash_point("step")
             stats = window.add(loss, n, hits, ids)
             if progress:
@@ -410,7 +426,8 @@ def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks,
                 log.step(step, stats)
             last = step == config.steps or (config.minutes is not None and elapsed > 60 * config.minutes)
             if step % config.eval_every == 0 or last:
-                valid = evaluate(model, splits.valid, config.batch_size, None if last else config.eval_batches, ranks)
+                valid = evaluate(model, splits.valid, config.batch_size, None if last else config.eval_batches, ranks,
+                                 prefix)
                 crash_point("eval")
                 if ranks.main:
                     _log(run_dir, {"step": step, "split": "train", **stats})

@@ -207,6 +207,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (warm-up, cosine decay)")
     ap.add_argument("--dropout", type=float, default=0.0, help="dropout on the non-recurrent connections")
+    ap.add_argument("--objective", default="word", help="training objective: word (every word) or prefix "
+                    "(the typed prefix's words; edge_rnn.prefix)")
     ap.add_argument("--eval-every", type=int, default=10**9,
                     help="validate (and log training loss) every N steps in metrics.jsonl (default: only at the end)")
     ap.add_argument("--max-words", type=int, default=5000, help="test-split words scored")
@@ -236,7 +238,8 @@ def main() -> None:
             run = tmp / "run"
             t0 = time.perf_counter()
             final = train(config, TrainConfig(corpus=str(corpus), steps=10**9, batch_size=args.batch_size, lr=args.lr,
-                                              dropout=args.dropout, eval_every=args.eval_every,
+                                              dropout=args.dropout, objective=args.objective,
+                                              eval_every=args.eval_every,
                                               minutes=args.minutes), run)
             print(f"trained {final['steps']} steps in {time.perf_counter() - t0:.0f} s; valid top-1 "
                   f"{final.get('top1', float('nan')):.2%}", flush=True)

@@ -34,6 +34,7 @@ from edge_rnn.export.contract import (  # noqa: F401  (re-exported: the bundle's
     FORMAT_VERSION, FORMATS, MANIFEST, METRICS, PRECISIONS, RANGE_INPUT, TEXT_RULES, VOCAB,
     prefix_order, state_layout, state_names)
 from edge_rnn.io import EdgeRNNError, atomic_dir, sha256_file
+from edge_rnn.prefix import run_objective
 from edge_rnn.vocab import PAD, UNK, Vocab
 
 if TYPE_CHECKING:  # model.py imports MLX: a runtime that only reads bundles must not need it
@@ -70,6 +71,11 @@ def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 
     model, vocab = load(run_dir)
     if prefix_head and model.config.task != "autocomplete":  # before an exporter (coremltools) loads
         raise EdgeRNNError("the prefix-range head needs an autocomplete model (its outputs are words)")
+    objective = run_objective(run_dir)
+    if objective == "prefix" and not (prefix_head or with_log_probs):
+        raise EdgeRNNError(f"{run_dir} was trained with the prefix objective: its words rank only among those "
+                           "of the typed prefix, so a top-k over all words means nothing; export it with "
+                           "--prefix-head (or --log-probs)")
     labels = _output_labels(model.config, vocab, run_dir)
     words = labels.words if prefix_head else None
     with atomic_dir(out_dir, force=force) as tmp:
@@ -78,7 +84,7 @@ def export_bundle(run_dir: Path, out_dir: Path, fmt: str = "onnx", top_k: int = 
         if words is not None:  # vocab.json lists the words in the exported id order
             labels = Vocab([words[k] for k in prefix_order(words)])
         (tmp / VOCAB).write_text(json.dumps(labels.to_json()))
-        write_manifest(tmp, _manifest(model.config, fmt, top_k, fragment, run_dir))
+        write_manifest(tmp, _manifest(model.config, fmt, top_k, fragment, run_dir, objective))
     return out_dir
 
 
@@ -119,7 +125,7 @@ def _export_model(model, out: Path, fmt: str, top_k: int, coreml_state: str, pre
                          with_log_probs=with_log_probs, prefix_head=words is not None, words=words)
 
 
-def _manifest(config: ModelConfig, fmt: str, top_k: int, fragment: dict, run_dir: Path) -> dict:
+def _manifest(config: ModelConfig, fmt: str, top_k: int, fragment: dict, run_dir: Path, objective: str) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "created_by": f"edge-rnn {__version__}",
@@ -139,7 +145,10 @@ def _manifest(config: ModelConfig, fmt: str, top_k: int, fragment: dict, run_dir
         "text": TEXT_RULES,
         "export": {k: v for k, v in fragment.items() if k not in ("inputs", "outputs")},
         "source": {"run": Path(run_dir).name, "run_dir": str(Path(run_dir).resolve()),
-                   "metrics": read_run_metrics(run_dir)},
+                   "objective": objective, "metrics": read_run_metrics(run_dir)},
+        **({"objective_note": "trained with the prefix objective (edge_rnn.prefix): scores compare only among "
+                              "the words of one typed prefix; rank within its range, as every runtime here "
+                              "does"} if objective == "prefix" else {}),
     }
 
 
