@@ -63,7 +63,9 @@ def plain_lines() -> Callable[[str], None] | None:
 
 def metrics_table(title: str, rows: dict[str, dict]) -> Table:
     """One row per split/model, with the metric conventions in the caption."""
-    table = Table(title=title, caption="ce: nats over loss tokens (no pad/unk); top-k: all classes, unk = miss")
+    over = ("the typed prefix's words (prefix objective)" if any(r.get("objective") == "prefix" for r in rows.values())
+            else "all classes")
+    table = Table(title=title, caption=f"ce: nats over loss tokens (no pad/unk); ce and top-k: {over}, unk = miss")
     keys = [k for k in ("ce", "bpc", "top1", "top3", "top1_known", "unk_rate", "tokens") if any(k in r for r in rows.values())]
     table.add_column("")
     for k in keys:

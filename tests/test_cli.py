@@ -93,3 +93,18 @@ def test_export_and_complete_from_the_bundle_agree_with_the_run(trained, tmp_pat
         assert from_run.stdout == from_bundle.stdout
     again = edge_rnn("export", run, "--format", "onnx", "--out", bundle)
     assert_one_line_error(again, "not empty")
+
+
+def test_prefix_objective_from_train_to_eval(tmp_path, corpus):
+    """--objective prefix trains, and eval says its numbers are over the typed prefix's words."""
+    run = tmp_path / "run"
+    result = edge_rnn("train", "--preset", "tiny", "--units", "16", "--steps", "2", "--batch-size", "4",
+                      "--eval-every", "2", "--corpus", corpus, "--objective", "prefix", "--out", run)
+    assert result.returncode == 0, result.stderr
+    result = edge_rnn("eval", run, "--split", "valid")
+    assert result.returncode == 0, result.stderr
+    assert "prefix objective" in " ".join(result.stdout.split())
+    plain = tmp_path / "plain"
+    edge_rnn("train", "--preset", "tiny", "--units", "16", "--steps", "1", "--batch-size", "4", "--corpus", corpus,
+             "--out", plain)
+    assert "all classes" in " ".join(edge_rnn("eval", plain, "--split", "valid").stdout.split())
