@@ -276,21 +276,56 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 def merge(paths: list[Path], checkpoints: list[int], plot_path: Path | None) -> None:
     """One table (and plot) from several ``--json`` files: the runs of each (cell, layers), in the
     order the files are given, at ``checkpoints``; the files' headers must agree (same corpus,
-    sizes and recipe)."""
+    sizes and recipe). Files of several ``--seed`` values: the table and plot are of the first
+    seed's runs, and a second table gives edge-rnn minus PyTorch per seed (``seed_table``)."""
     files = [json.loads(path.read_text()) for path in paths]
     headers = {f["header"] for f in files}
     if len(headers) > 1:
         sys.exit("--merge: the files were run with different settings:\n" + "\n".join(sorted(headers)))
-    merged: dict[tuple[str, int], dict] = {}
+    by_seed: dict[int, dict[tuple[str, int], dict]] = {}
     for f in files:
+        merged = by_seed.setdefault(f.get("seed", 0), {})  # files written before the key: seed 0
         for r in f["results"]:
-            key = (r["cell"], r["layers"])
-            merged.setdefault(key, {**r, "runs": []})["runs"] += r["runs"]
-    results = sorted(merged.values(), key=lambda r: (r["layers"], CELLS.index(r["cell"])))
+            merged.setdefault((r["cell"], r["layers"]), {**r, "runs": []})["runs"] += r["runs"]
+    seeds = sorted(by_seed)
+    results = sorted(by_seed[seeds[0]].values(), key=lambda r: (r["layers"], CELLS.index(r["cell"])))
     print(f"# {files[0]['header']}\n\n" + table(results, sorted(checkpoints)))
+    if len(seeds) > 1:
+        print(f"\nedge-rnn minus PyTorch on each seed's batches and initialisation\n\n{seed_table(by_seed, sorted(checkpoints))}")
     if plot_path:
         plot(results, plot_path, files[0]["header"])
         print(f"\nplot: {plot_path}")
+
+
+def seed_table(by_seed: dict[int, dict[tuple[str, int], dict]], checkpoints: list[int]) -> str:
+    """Per (cell, layers, checkpoint) with both sides on two or more seeds: edge-rnn's top-1 minus
+    PyTorch's and PyTorch's CE minus edge-rnn's (positive: edge-rnn ahead) on each seed, their
+    mean, and how far PyTorch's own top-1 moves from seed to seed (its max minus min): a gap
+    smaller than that is within what a seed changes."""
+    def point(seed: int, key: tuple[str, int], name: str, step: int) -> dict | None:
+        runs = by_seed[seed].get(key, {}).get("runs", [])
+        at = {p["step"]: p for run in runs if run["name"] == name for p in run["curve"]}
+        return at.get(step)
+
+    seeds = sorted(by_seed)
+    keys = sorted({k for merged in by_seed.values() for k in merged}, key=lambda k: (k[1], CELLS.index(k[0])))
+    lines = [f"| cell | layers | step | top-1 gap, seeds {' / '.join(map(str, seeds))} | mean | "
+             f"CE gap, seeds {' / '.join(map(str, seeds))} | mean | PyTorch top-1 range over seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for cell, layers in keys:
+        for step in checkpoints:
+            pairs = {s: (point(s, (cell, layers), "edge-rnn", step), point(s, (cell, layers), "pytorch", step))
+                     for s in seeds}
+            pairs = {s: (e, t) for s, (e, t) in pairs.items() if e and t}
+            if len(pairs) < 2:
+                continue
+            top = {s: e["top1_known"] - t["top1_known"] for s, (e, t) in pairs.items()}
+            ce = {s: t["ce"] - e["ce"] for s, (e, t) in pairs.items()}
+            torch_top = [t["top1_known"] for e, t in pairs.values()]
+            cells = lambda gaps: " / ".join(f"{gaps[s]:+.3f}" if s in gaps else "-" for s in seeds)  # noqa: E731
+            lines.append(f"| {cell} | {layers} | {step} | {cells(top)} | {np.mean(list(top.values())):+.4f} | "
+                         f"{cells(ce)} | {np.mean(list(ce.values())):+.4f} | {max(torch_top) - min(torch_top):.3f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -352,7 +387,7 @@ def main(argv=None) -> None:
                 runs.append(run_pair("pytorch", TorchTrainer(cfg, config), splits, args, checkpoints, print))
             results.append({"cell": cell, "layers": layers, "units": args.units, "runs": runs})
             if args.json:
-                args.json.write_text(json.dumps({"header": header, "results": results}, indent=1))
+                args.json.write_text(json.dumps({"header": header, "seed": args.seed, "results": results}, indent=1))
     print("\n" + table(results, checkpoints))
     if args.plot:
         plot(results, args.plot, header)

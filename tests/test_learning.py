@@ -125,3 +125,29 @@ def test_compare_learning_merges_sides_trained_apart(tmp_path, capsys):
     assert rows[1].split(" | ")[5] == f"{2.5 + 1 / 2000:.3f}"  # CE @2000 of the PyTorch side
     with pytest.raises(SystemExit, match="different settings"):
         compare_learning.main(["--merge", str(edge), str(write(tmp_path / "x.json", "other", "pytorch", 2.5))])
+
+
+def test_compare_learning_seed_table(tmp_path, capsys):
+    """Files of several seeds: the main table keeps the first seed's runs, and the seed table
+    gives edge-rnn minus PyTorch on each seed with its mean and PyTorch's own range over seeds."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import compare_learning
+
+    def write(path, seed, name, top1):
+        curve = [{"step": s, "ce": 2.0 - top1, "top1_known": top1} for s in (100, 500)]
+        results = [{"cell": "gru", "layers": 1, "units": 8, "runs": [{"name": name, "curve": curve}]}]
+        path.write_text(json.dumps({"header": "h", "seed": seed, "results": results}))
+        return str(path)
+
+    files = [write(tmp_path / "e0.json", 0, "edge-rnn", 0.50), write(tmp_path / "t0.json", 0, "pytorch", 0.51),
+             write(tmp_path / "e1.json", 1, "edge-rnn", 0.55), write(tmp_path / "t1.json", 1, "pytorch", 0.53)]
+    compare_learning.main(["--merge", *files, "--checkpoints", "100", "500"])
+    out = capsys.readouterr().out
+    main_rows = [line for line in out.splitlines() if line.startswith(("| gru | 1 | edge", "| gru | 1 | pytorch"))]
+    assert [r.split(" | ")[3] for r in main_rows] == ["1.500", "1.490"]  # seed 0's CE @100 only
+    gaps = [line.split(" | ") for line in out.splitlines() if line.startswith("| gru | 1 | 100")]
+    assert gaps == [["| gru", "1", "100", "-0.010 / +0.020", "+0.0050", "-0.010 / +0.020", "+0.0050", "0.020 |"]]
