@@ -28,6 +28,7 @@ import numpy as np
 from edge_rnn import distributed
 from edge_rnn.data import Dataset, Splits, load_corpus, make_splits, most_frequent_baseline
 from edge_rnn.io import EdgeRNNError
+from edge_rnn.loss import mask_outside
 from edge_rnn.model import TRAIN, RNNModel, load, load_config
 from edge_rnn.prefix import PrefixRanges, run_objective
 from edge_rnn.vocab import PAD, UNK, Vocab
@@ -41,11 +42,9 @@ def _batch_sums(model: RNNModel, ids: mx.array, targets: mx.array,
     """
     if prefix is None:
         logits, _ = model(ids)
-    else:  # the words outside each range at -1e30, not -inf: a <pad>/<unk> target's 0 weight must not make nan
+    else:
         order, ranges = prefix
-        logits = model.output(model.features(ids)[0], order)
-        cols = mx.arange(logits.shape[-1])
-        logits = mx.where((cols >= ranges[..., :1]) & (cols < ranges[..., 1:]), logits, -1e30)
+        logits = mask_outside(model.output(model.features(ids)[0], order), ranges)
     logits = logits.astype(mx.float32)
     logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     target_logp = mx.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]

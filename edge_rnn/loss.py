@@ -38,15 +38,17 @@ def _xent_fast_vjp(primals, cotangents, outputs):
     return ext._ext.softmax_xent_grad(z, outputs[2], targets, dce, ranges), mx.zeros_like(targets), mx.zeros_like(ranges)
 
 
-def _outside(z: mx.array, ranges: mx.array) -> mx.array:
-    """Set every column outside its row's ``[lo, hi)`` to -inf (the kernels skip them instead)."""
-    cols = mx.arange(z.shape[-1])[None, :]
-    return mx.where((cols >= ranges[:, :1]) & (cols < ranges[:, 1:]), z, -mx.inf)
+def mask_outside(z: mx.array, ranges: mx.array) -> mx.array:
+    """``z (..., V)`` with every column outside its row's ``ranges (..., 2)`` ``[lo, hi)`` at -1e30
+    (the kernels skip them instead). Not -inf: ``nn.losses.cross_entropy`` multiplies logits by 0,
+    and a <pad>/<unk> target outside its range carries a 0 weight that must not make nan."""
+    cols = mx.arange(z.shape[-1])
+    return mx.where((cols >= ranges[..., :1]) & (cols < ranges[..., 1:]), z, -1e30)
 
 
 @mx.custom_function
 def _xent_mlx(z, targets, ranges):
-    z = _outside(z, ranges)
+    z = mask_outside(z, ranges)
     m = mx.stop_gradient(z.max(axis=-1, keepdims=True))
     e = mx.exp(z - m)
     s = e.sum(axis=-1, keepdims=True)

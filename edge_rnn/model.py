@@ -21,7 +21,7 @@ from mlx.utils import tree_flatten
 
 from edge_rnn.cells import CELLS, State, make_cell
 from edge_rnn.io import EdgeRNNError, atomic_path, atomic_write_text, check_safetensors
-from edge_rnn.loss import cross_entropy
+from edge_rnn.loss import cross_entropy, mask_outside
 from edge_rnn.vocab import N_SYMBOLS, PAD, UNK, Vocab
 
 TASKS = ("autocomplete", "charlm")
@@ -186,9 +186,8 @@ class RNNModel(nn.Module):
         if all(cell.manual_backward for cell in self.layers):  # fast path: fused softmax backward
             ce, top1 = cross_entropy(logits, targets, ranges)
         else:  # the autodiff reference path (ranges: the words outside them masked)
-            if ranges is not None:  # -1e30, not -inf: nn.losses.cross_entropy multiplies logits by 0
-                cols = mx.arange(logits.shape[-1])
-                logits = mx.where((cols >= ranges[..., :1]) & (cols < ranges[..., 1:]), logits, -1e30)
+            if ranges is not None:
+                logits = mask_outside(logits, ranges)
             ce, top1 = nn.losses.cross_entropy(logits, targets, reduction="none"), logits.argmax(axis=-1)
         n = mx.maximum(weights.sum(), 1)
         hits = ((top1 == targets) & weights).sum()

@@ -221,6 +221,8 @@ def _step_of(line: str) -> int:
 def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume: bool,
             ranks: distributed.Ranks = distributed.Ranks(None)):
     """Build (or restore) the data, model, optimizer and starting step of a run."""
+    if config.objective == "prefix" and model_config.task != "autocomplete":  # before anything is written
+        raise EdgeRNNError("the prefix objective needs an autocomplete model (its outputs are words)")
     run_dir = Path(run_dir)
     if ranks.main:
         recover_dir(run_dir / CHECKPOINT)
@@ -380,8 +382,6 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
         raise EdgeRNNError(f"{run_dir} already reached step {start}; pass a larger --steps to continue")
     if not ranks.main:
         progress = echo = None
-    if config.objective == "prefix" and splits.vocab is None:
-        raise EdgeRNNError("the prefix objective needs an autocomplete model (its outputs are words)")
     prefix = PrefixRanges.from_vocab(splits.vocab) if config.objective == "prefix" else None
     step_fn = make_step(model, optimizer, config.clip, ranks, config.dropout, config.batch_size,
                         None if prefix is None else prefix.order)
