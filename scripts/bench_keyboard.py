@@ -30,6 +30,7 @@ import json
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -207,6 +208,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (warm-up, cosine decay)")
     ap.add_argument("--dropout", type=float, default=0.0, help="dropout on the non-recurrent connections")
+    ap.add_argument("--head-dim", type=int, help="override the preset's bottleneck before the head (0: none)")
     ap.add_argument("--objective", default="word", help="training objective: word (every word) or prefix "
                     "(the typed prefix's words; edge_rnn.prefix)")
     ap.add_argument("--eval-every", type=int, default=10**9,
@@ -224,7 +226,8 @@ def main() -> None:
     args = ap.parse_args()
 
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
-          f"BLAS {blas.loaded or 'reference'}; preset {args.preset}, {args.minutes:g} min budget", flush=True)
+          f"BLAS {blas.loaded or 'reference'}; preset {args.preset}"
+          f"{'' if args.head_dim is None else f', head_dim {args.head_dim}'}, {args.minutes:g} min budget", flush=True)
     words = wikitext().split()
     stream, rest = " ".join(words[-args.stream_words:]), " ".join(words[: -args.stream_words])
     with tempfile.TemporaryDirectory() as scratch:
@@ -233,6 +236,8 @@ def main() -> None:
         corpus = tmp / "wikitext2-train-part.txt"  # never inside the repo
         corpus.write_text(rest)
         config = load_preset(args.preset)
+        if args.head_dim is not None:
+            config = replace(config, head_dim=args.head_dim)
         run = args.run
         if run is None:
             run = tmp / "run"
@@ -279,7 +284,8 @@ def main() -> None:
 
     n = results["prefix frequency"]
     print(f"\nTest split: first {n['words']:,} words ({n['positions']:,} positions) of WikiText-2 "
-          f"(valid+test minus the held-out stream, 90/5/5); {config.cell} {config.layers}x{config.units}, "
+          f"(valid+test minus the held-out stream, 90/5/5); {config.cell} {config.layers}x{config.units}"
+          f"{f' (head bottleneck {config.head_dim})' if config.head_dim else ''}, "
           f"{config.vocab_size:,} words, trained {args.minutes:g} min on this machine\n")
     print(HEADER)
     for name, r in results.items():
