@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import textwrap
 import time
@@ -51,6 +52,7 @@ from edge_rnn.schedule import learning_rate  # noqa: E402
 from edge_rnn.vocab import PAD, UNK  # noqa: E402
 
 CELLS = ("rnn", "gru", "lstm", "cifg", "nlstm")
+DATE = re.compile(r", (\d{4}-\d{2}-\d{2})(?=;)")  # the run date in a header (compare_learning.main)
 
 
 # ---- edge_rnn variants (the ablation) ------------------------------------------------------------
@@ -279,9 +281,12 @@ def merge(paths: list[Path], checkpoints: list[int], plot_path: Path | None) -> 
     sizes and recipe). Files of several ``--seed`` values: the table and plot are of the first
     seed's runs, and a second table gives edge-rnn minus PyTorch per seed (``seed_table``)."""
     files = [json.loads(path.read_text()) for path in paths]
-    headers = {f["header"] for f in files}
+    headers = {DATE.sub("", f["header"]) for f in files}  # runs of one setting may span days
     if len(headers) > 1:
         sys.exit("--merge: the files were run with different settings:\n" + "\n".join(sorted(headers)))
+    dates = sorted({d for f in files for d in DATE.findall(f["header"])})
+    header = DATE.sub(f", {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else ""), files[0]["header"]) \
+        if dates else files[0]["header"]
     by_seed: dict[int, dict[tuple[str, int], dict]] = {}
     for f in files:
         merged = by_seed.setdefault(f.get("seed", 0), {})  # files written before the key: seed 0
@@ -289,11 +294,11 @@ def merge(paths: list[Path], checkpoints: list[int], plot_path: Path | None) -> 
             merged.setdefault((r["cell"], r["layers"]), {**r, "runs": []})["runs"] += r["runs"]
     seeds = sorted(by_seed)
     results = sorted(by_seed[seeds[0]].values(), key=lambda r: (r["layers"], CELLS.index(r["cell"])))
-    print(f"# {files[0]['header']}\n\n" + table(results, sorted(checkpoints)))
+    print(f"# {header}\n\n" + table(results, sorted(checkpoints)))
     if len(seeds) > 1:
         print(f"\nedge-rnn minus PyTorch on each seed's batches and initialisation\n\n{seed_table(by_seed, sorted(checkpoints))}")
     if plot_path:
-        plot(results, plot_path, files[0]["header"])
+        plot(results, plot_path, header)
         print(f"\nplot: {plot_path}")
 
 

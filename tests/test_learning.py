@@ -125,6 +125,13 @@ def test_compare_learning_merges_sides_trained_apart(tmp_path, capsys):
     assert rows[1].split(" | ")[5] == f"{2.5 + 1 / 2000:.3f}"  # CE @2000 of the PyTorch side
     with pytest.raises(SystemExit, match="different settings"):
         compare_learning.main(["--merge", str(edge), str(write(tmp_path / "x.json", "other", "pytorch", 2.5))])
+    # the same settings run on two days merge, the header giving the span of dates
+    day1 = write(tmp_path / "d1.json", "x86_64, torch 2.13, 2026-12-03; batch 32", "edge-rnn", 2.0)
+    day2 = write(tmp_path / "d2.json", "x86_64, torch 2.13, 2026-12-04; batch 32", "pytorch", 2.5)
+    compare_learning.main(["--merge", str(day1), str(day2)])
+    assert capsys.readouterr().out.startswith("# x86_64, torch 2.13, 2026-12-03 to 2026-12-04; batch 32\n")
+    with pytest.raises(SystemExit, match="different settings"):
+        compare_learning.main(["--merge", str(day1), str(write(tmp_path / "d3.json", "x86_64, torch 2.13, 2026-12-04; batch 64", "pytorch", 2.5))])
 
 
 def test_compare_learning_seed_table(tmp_path, capsys):
