@@ -46,7 +46,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -115,7 +115,7 @@ class TorchStep(nn.Module):
     def __init__(self, cfg, p: dict, top_k: int):
         super().__init__()
         self.top_k = top_k
-        self.model = torch_cells.Model(cfg)
+        self.model = torch_cells.Model(replace(cfg, head_dim=0))  # our weights carry the folded head
         with torch.no_grad():
             self.model.embedding.weight.copy_(torch.cat([torch.zeros(1, cfg.embed_dim), p["embedding"]]))
             self.model.head.weight.copy_(p["head.weight"])

@@ -339,7 +339,7 @@ def main(argv=None) -> None:
     p.add_argument("--layers", nargs="+", type=int, default=[1, 2])
     p.add_argument("--units", type=int, default=128)
     p.add_argument("--embed", type=int, default=64)
-    p.add_argument("--head-dim", type=int, default=0, help="bottleneck before the head (edge_rnn only; 0: none)")
+    p.add_argument("--head-dim", type=int, default=0, help="bottleneck before the head, both sides (0: none)")
     p.add_argument("--vocab", type=int, default=2000, help="output words")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)

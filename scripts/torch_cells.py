@@ -155,17 +155,20 @@ def load_edge_weights(rnn: Recurrent, cfg, p: dict[str, torch.Tensor]) -> None:
 
 
 class Model(nn.Module):
-    """Embedding (row 0 = <pad>, zero) -> recurrent stack -> linear head: ``edge_rnn.model.RNNModel``."""
+    """Embedding (row 0 = <pad>, zero) -> recurrent stack -> [bias-free bottleneck] -> linear head:
+    ``edge_rnn.model.RNNModel``, with its ``head_dim`` projection when the config has one."""
 
     def __init__(self, cfg):
         super().__init__()
         self.task = cfg.task
         self.embedding = nn.Embedding(N_SYMBOLS, cfg.embed_dim, padding_idx=PAD)
         self.rnn = Recurrent(cfg)
-        self.head = nn.Linear(cfg.units, cfg.n_outputs)
+        head_dim = getattr(cfg, "head_dim", 0)
+        self.bottleneck = nn.Linear(cfg.units, head_dim, bias=False) if head_dim else nn.Identity()
+        self.head = nn.Linear(head_dim or cfg.units, cfg.n_outputs)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.rnn(self.embedding(ids)))
+        return self.head(self.bottleneck(self.rnn(self.embedding(ids))))
 
     def loss_weights(self, targets: torch.Tensor) -> torch.Tensor:
         """Never <pad>; for autocomplete not <unk> either (``RNNModel.loss_weights``)."""
