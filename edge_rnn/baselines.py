@@ -73,7 +73,7 @@ class _TypedWords:
             return np.zeros(0, np.int64), np.zeros(0)
         ids = self.candidates(self.prefix)
         scores = self.scores()[ids]
-        best = top_k_stable(scores, k)
+        best = top_k_stable(scores, k, ids)  # ties: the lower id, not the alphabetical first
         return ids[best], scores[best]
 
     def scores(self) -> np.ndarray:

@@ -75,6 +75,11 @@ def test_suggestions_use_the_prefix_filter_the_history_and_lower_ids_on_ties():
     assert freq.suggestion_ids(3)[0].tolist() == [A, B, C]
     freq.type("zz")
     assert freq.suggestion_ids(3)[0].tolist() == []
+    # ties go to the lower id where the alphabetical order says otherwise: zeta (id 2) before alpha
+    zeta_first = Vocab(["<pad>", "<unk>", "zeta", "alpha"])
+    freq = PrefixFrequency(zeta_first, [np.array([2, 3])])
+    freq.type(" ")
+    assert freq.suggestion_ids(2)[0].tolist() == [2, 3]
 
 
 def test_an_unknown_history_word_is_unk():
