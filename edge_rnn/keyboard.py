@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -162,18 +162,23 @@ class RunKeyboard:
         self.index = WordIndex(vocab.words, "autocomplete")
         self.batch_size = batch_size
 
-    def suggest(self, data: Dataset, k: int = SLOTS, progress: Progress | None = None) -> np.ndarray:
+    def log_probs(self, data: Dataset) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(rows, chars, log_probs)`` per batch of observations: their ``(B, T)`` symbol ids and
+        the model's ``(B, T, words)`` log-probabilities from a zero state (a fresh field each)."""
         import mlx.core as mx
 
-        out = np.full((int(data.lengths.sum()), k), -1, np.int64)
-        row, done, total = 0, 0, n_words(data)
-        tick = _ticker(progress, total)
         for first in range(0, len(data), self.batch_size):
             rows = np.arange(first, min(first + self.batch_size, len(data)))
             chars, _ = data.batch(rows)
             logits, _ = self.model(mx.array(chars))
-            log_probs = logits.astype(mx.float32) - mx.logsumexp(logits.astype(mx.float32), axis=-1, keepdims=True)
-            log_probs = np.array(log_probs)
+            logits = logits.astype(mx.float32)
+            yield rows, chars, np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+
+    def suggest(self, data: Dataset, k: int = SLOTS, progress: Progress | None = None) -> np.ndarray:
+        out = np.full((int(data.lengths.sum()), k), -1, np.int64)
+        row, done, total = 0, 0, n_words(data)
+        tick = _ticker(progress, total)
+        for rows, chars, log_probs in self.log_probs(data):
             for b, n in enumerate(data.lengths[rows]):
                 text = "".join(SYMBOLS[c] for c in chars[b, :n])
                 for t in range(n):

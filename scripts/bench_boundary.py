@@ -42,16 +42,9 @@ class BoundaryKeyboard(RunKeyboard):
         self.n = n
 
     def suggest(self, data, k, progress=None) -> np.ndarray:
-        import mlx.core as mx
-
         out = np.full((int(data.lengths.sum()), k), -1, np.int64)
         row = 0
-        for first in range(0, len(data), self.batch_size):
-            rows = np.arange(first, min(first + self.batch_size, len(data)))
-            chars, _ = data.batch(rows)
-            logits, _ = self.model(mx.array(chars))
-            logits = logits.astype(mx.float32)
-            lp_all = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))  # as RunKeyboard
+        for rows, chars, lp_all in self.log_probs(data):
             for b, length in enumerate(data.lengths[rows]):
                 text = "".join(SYMBOLS[c] for c in chars[b, :length])
                 for t in range(length):
