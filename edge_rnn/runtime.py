@@ -43,9 +43,10 @@ restarts from the zero state with the last ``context_chars`` characters of whole
 context, prefilled in one call. ``restart="continuous"`` lets the state run on for the whole
 text, beyond anything seen in training; it keeps the last ``max_chars`` characters (cut at a
 marked word boundary, so backspace stays exact however long the text). ``scripts/bench_keyboard.py``
-measures both on held-out text: equal within 0.03 pt for edge-gru, but edge-cifg's state drifts
-when it runs on (restarts +0.3 pt top-1, +1.3 pt KSR), while the restarts' prefill calls cost ~4 %
-of the step per keystroke; so restarts are the default (README).
+measures both on held-out text: equal within 0.03 pt for edge-gru, but edge-cifg's state drifted
+when it ran on (restarts +0.3 pt top-1, +1.3 pt KSR), while the restarts' prefill calls cost ~4 %
+of the step per keystroke; so restarts are the default (README). With its head bottleneck
+(2026-12-04) edge-cifg no longer drifts: continuous streaming is 0.5 / 0.2 pt ahead.
 
 **Suggestions.** The candidates for a partly typed word are one contiguous range of the
 alphabetically sorted words, found by bisection (``prefix_range``); ``<pad>`` and ``<unk>`` are
