@@ -49,18 +49,13 @@ def mixed_suggestions(model: RunKeyboard, trigram: KneserNeyTrigram, data: Datas
                 if len(ids):
                     p_model = np.exp(log_probs[b, t, ids])
                     p_model /= p_model.sum()
-                    p_kn = trigram.scores()[ids]
-                    p_kn = p_kn / p_kn.sum()
+                    p_kn = trigram.scores()[ids]  # a copy: normalised in place
+                    p_kn /= p_kn.sum()
                     for w in weights:
                         best = ids[top_k_stable(w * p_model + (1 - w) * p_kn, k, ids)]
                         out[w][row, :len(best)] = best
                 row += 1
     return out
-
-
-def table_row(name: str, r: dict) -> str:
-    letters = " | ".join(f"{r['by_letters'][b]['top1']:.1%}" for b in ("0", "1", "2", "3", "4+"))
-    return f"| {name} | {r['top1']:.2%} | {r['top3']:.2%} | {r['next_word_top3']:.2%} | {r['ksr']:.2%} | {letters} |"
 
 
 def main() -> None:
@@ -72,8 +67,7 @@ def main() -> None:
 
     import bench_keyboard  # beside this script: the same text, split as the run was trained
 
-    words = bench_keyboard.wikitext().split()
-    rest = " ".join(words[: -args.stream_words])
+    _, rest = bench_keyboard.held_out(args.stream_words)
     model = RunKeyboard(args.run)
     splits = make_splits(rest, "autocomplete", model.model.config.vocab_size)
     if splits.vocab.words != model.vocab.words:
@@ -95,10 +89,9 @@ def main() -> None:
     test = results["test"]
     print(f"\nTest split, first {test[0.0]['words']:,} words ({test[0.0]['positions']:,} positions); "
           f"lam = {best:g} (best validation KSR)\n")
-    print("| keyboard | top-1 | top-3 | next-word top-3 | KSR | top-1 at 0 / 1 / 2 / 3 / 4+ letters |")
-    print("|---|---:|---:|---:|---:|---|")
+    print(bench_keyboard.HEADER)
     for w, name in ((1.0, "model"), (0.0, "KN trigram"), (best, f"model + KN trigram, lam {best:g}")):
-        print(table_row(name, test[w]))
+        print(bench_keyboard.row(name, test[w]))
     mixed, tri = test[best], test[0.0]
     print(f"\nmixture vs trigram: {100 * (mixed['top1'] - tri['top1']):+.2f} pt top-1, "
           f"{100 * (mixed['ksr'] - tri['ksr']):+.2f} pt KSR")

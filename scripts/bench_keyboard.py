@@ -58,6 +58,13 @@ def wikitext() -> str:
     return normalise("".join(p.read_text() for p in parts))
 
 
+def held_out(stream_words: int) -> tuple[str, str]:
+    """WikiText-2 as ``(stream, rest)``: its last ``stream_words`` words, held out as one text
+    field, and the text that is split 90/5/5 and trained on."""
+    words = wikitext().split()
+    return " ".join(words[-stream_words:]), " ".join(words[:-stream_words])
+
+
 def row(name: str, r: dict) -> str:
     by = " | ".join(f"{r['by_letters'][b]['top1']:.1%} / {r['by_letters'][b]['top3']:.1%}" for b in LETTERS)
     return (f"| {name} | {r['top1']:.2%} | {r['top3']:.2%} | {r['next_word_top3']:.2%} | {r['ksr']:.2%} | "
@@ -228,8 +235,7 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
           f"BLAS {blas.loaded or 'reference'}; preset {args.preset}"
           f"{'' if args.head_dim is None else f', head_dim {args.head_dim}'}, {args.minutes:g} min budget", flush=True)
-    words = wikitext().split()
-    stream, rest = " ".join(words[-args.stream_words:]), " ".join(words[: -args.stream_words])
+    stream, rest = held_out(args.stream_words)
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.out or Path(scratch)
         tmp.mkdir(parents=True, exist_ok=True)
