@@ -1,8 +1,8 @@
 """Quantization of MLX run directories: the MLX side of ``edge-rnn quantize``.
 
-(run directories). ``mlx.nn.quantize`` of the output head (``nn.Linear``; the embedding
-and the cells hold raw arrays MLX does not quantize), affine, groups of 64 (32 when the hidden
-size needs it), 8 or 4 bits. The run directory gets ``quantization.json``, which
+(run directories). ``mlx.nn.quantize`` of the output head and its bottleneck (the ``nn.Linear``s; the
+embedding and the cells hold raw arrays MLX does not quantize), affine, groups of 64 (32 when an
+input width needs it), 8 or 4 bits. The run directory gets ``quantization.json``, which
 ``edge_rnn.model.load`` reads to rebuild the quantized modules before loading the weights.
 
 The accuracy check (``edge_rnn.quantize_check``) runs both run directories' models in MLX over
@@ -38,8 +38,9 @@ def quantize(source: Source, to: str, tmp: Path) -> dict:
     if to == "fp16":
         raise EdgeRNNError("fp16 is for bundles; quantize a run directory to int8 or int4")
     model, _ = load(source.path)
-    bits, group = (8 if to == "int8" else 4), _mlx_group_size(model.config.units)
-    modules = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    modules = list(linears)
+    bits, group = (8 if to == "int8" else 4), _mlx_group_size([m.weight.shape[1] for m in linears.values()])
     nn.quantize(model, group_size=group, bits=bits, class_predicate=lambda name, _: name in modules)
     for item in source.path.iterdir():  # config, vocab, train settings, metrics; not checkpoints
         if item.is_file() and item.name != WEIGHTS:
@@ -53,12 +54,14 @@ def quantize(source: Source, to: str, tmp: Path) -> dict:
     return record
 
 
-def _mlx_group_size(units: int) -> int:
+def _mlx_group_size(widths: list[int]) -> int:
+    """The largest group size dividing every quantized layer's input width (the head's is
+    ``head_dim`` when the model has a bottleneck: 96 on the edge presets, so groups of 32)."""
     for group in MLX_GROUPS:
-        if units % group == 0:
+        if all(width % group == 0 for width in widths):
             return group
-    raise EdgeRNNError(f"hidden size {units} is not a multiple of {' or '.join(map(str, MLX_GROUPS))}: "
-                       "MLX cannot quantize the head in groups")
+    raise EdgeRNNError(f"input widths {sorted(set(widths))} are not all multiples of "
+                       f"{' or '.join(map(str, MLX_GROUPS))}: MLX cannot quantize the head in groups")
 
 
 

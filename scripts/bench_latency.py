@@ -46,7 +46,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -110,21 +110,24 @@ def torch_step_module(model, top_k: int = TOP_K) -> nn.Module:
 
 class TorchStep(nn.Module):
     """``scripts/torch_cells.Model`` holding our weights, run one keystroke at a time:
-    embedding (row 0 = <pad> = zeros) -> ``Recurrent.step`` -> Linear -> softmax -> top-k."""
+    embedding (row 0 = <pad> = zeros) -> ``Recurrent.step`` -> [bottleneck] -> Linear -> softmax -> top-k."""
 
     def __init__(self, cfg, p: dict, top_k: int):
         super().__init__()
         self.top_k = top_k
-        self.model = torch_cells.Model(replace(cfg, head_dim=0))  # our weights carry the folded head
+        self.model = torch_cells.Model(cfg)  # with the head_dim bottleneck, as our bundles keep it
         with torch.no_grad():
             self.model.embedding.weight.copy_(torch.cat([torch.zeros(1, cfg.embed_dim), p["embedding"]]))
+            if cfg.head_dim:
+                self.model.bottleneck.weight.copy_(p["bottleneck.weight"])
             self.model.head.weight.copy_(p["head.weight"])
             self.model.head.bias.copy_(p["head.bias"])
         torch_cells.load_edge_weights(self.model.rnn, cfg, p)
 
     def forward(self, char, *state):
         h, new_state = self.model.rnn.step(self.model.embedding(char), state)
-        top_probs, top_ids = torch.topk(torch.softmax(self.model.head(h), dim=-1), self.top_k, dim=-1)
+        logits = self.model.head(self.model.bottleneck(h))
+        top_probs, top_ids = torch.topk(torch.softmax(logits, dim=-1), self.top_k, dim=-1)
         return (top_ids.to(torch.int32), top_probs, *new_state)
 
 

@@ -170,11 +170,16 @@ def test_fp32_io_matches_mlx_step(case, exported):
     np.testing.assert_allclose(got["states"], states, atol=FP32_TOL, rtol=0)
 
 
-def test_bottleneck_head_exports_folded(tmp_path):
-    """A head_dim model: the saved package (one folded head) streams like MLX in the evaluator."""
+def test_bottleneck_head_exports_factored(tmp_path):
+    """A head_dim model: the saved package keeps the projection apart from the head (a (D, H)
+    and a (V, D) linear, fp32) and streams like MLX in the evaluator."""
     mx.random.seed(2)
     model = RNNModel(ModelConfig(cell="gru", layers=1, units=H, embed_dim=8, vocab_size=50, head_dim=4))
     export_coreml(model, tmp_path, top_k=TOP_K, state="io", precision="fp32", with_log_probs=True)
+    prog = MILProgram.load(tmp_path / MODEL_FILE)
+    shapes = {op.name: op.outputs[0][1].shape for op in prog.ops if op.type in ("linear", "const")}
+    assert shapes["head_bottleneck"] == (1, 4) and shapes["head_logits"] == (1, 52)
+    assert (4, H) in shapes.values() and (52, 4) in shapes.values() and (52, H) not in shapes.values()
     state, probs = model.initial_state(1), []
     for c in IDS:
         logits, state = model.step(mx.array([int(c)]), state)

@@ -102,11 +102,16 @@ def test_step_graph_streams_like_mlx(exported, cell, depth, layers, impl):
         np.testing.assert_allclose(g, w, atol=1e-5)
 
 
-def test_bottleneck_model_exports_folded(tmp_path):
-    """A head_dim model exports as one (V, H) head: the step graph streams like MLX."""
+def test_bottleneck_model_exports_factored(tmp_path):
+    """A head_dim model keeps its projection apart from the head: the step graph reads a (H, D)
+    and a (D, V) weight, no (H, V) product, and streams like MLX."""
     mx.random.seed(1)
-    model = RNNModel(ModelConfig(cell="gru", layers=2, units=H, embed_dim=E, vocab_size=V, head_dim=5))
+    D = 5
+    model = RNNModel(ModelConfig(cell="gru", layers=2, units=H, embed_dim=E, vocab_size=V, head_dim=D))
     export_onnx(model, tmp_path, top_k=K, with_log_probs=True)
+    shapes = {t.name: tuple(t.dims) for t in onnx.load(str(tmp_path / "model.onnx")).graph.initializer}
+    assert shapes["bottleneck.Pt"] == (H, D) and shapes["head.Wt"] == (D, V + 2)
+    assert (H, V + 2) not in shapes.values()
     want_log_probs, want_state = mlx_stream(model, IDS)
     got, got_state = ort_stream(session(tmp_path / "model.onnx"), model.config, IDS)
     np.testing.assert_allclose(got["log_probs"], want_log_probs, atol=1e-5, rtol=1e-5)

@@ -7,7 +7,7 @@ from mlx.utils import tree_flatten, tree_map
 
 import reference as ref
 from edge_rnn.io import EdgeRNNError
-from edge_rnn.model import Dropout, ModelConfig, RNNModel, dense_parameters, load, load_preset, preset_names, save
+from edge_rnn.model import Dropout, ModelConfig, RNNModel, load, load_preset, numpy_parameters, preset_names, save
 from edge_rnn.vocab import Vocab
 
 
@@ -31,17 +31,16 @@ def test_model_matches_numpy_reference(cell):
     np.testing.assert_allclose(np.array(logits), ref.model_logits(model.config, params, IDS), atol=1e-5, rtol=1e-5)
 
 
-def test_bottleneck_head_matches_reference_and_folds_for_export(tmp_path):
-    """head_dim: logits = (h P^T) W^T + b against NumPy; folded into one (V, H) head for exporters;
-    H*D + D*V head weights instead of H*V; the config and weights survive a run dir."""
+def test_bottleneck_head_matches_reference_and_stays_factored_for_export(tmp_path):
+    """head_dim: logits = (h P^T) W^T + b against NumPy; exporters get P and W apart (H*D + D*V
+    head weights instead of H*V); the config and weights survive a run dir."""
     model = random_model(cell="gru", units=8, head_dim=3)
     params = {k: np.array(v, dtype=np.float64) for k, v in tree_flatten(model.parameters())}
     logits, _ = model(mx.array(IDS))
     np.testing.assert_allclose(np.array(logits), ref.model_logits(model.config, params, IDS), atol=1e-5, rtol=1e-5)
-    dense = {k: np.array(v, dtype=np.float64) for k, v in dense_parameters(model).items()}
-    assert "bottleneck.weight" not in dense and dense["head.weight"].shape == (13, 8)
-    plain = ModelConfig(**{**model.config.__dict__, "head_dim": 0})
-    np.testing.assert_allclose(ref.model_logits(plain, dense, IDS), np.array(logits), atol=1e-5, rtol=1e-5)
+    exported = numpy_parameters(model)
+    assert exported["bottleneck.weight"].shape == (3, 8) and exported["head.weight"].shape == (13, 3)
+    assert all(exported[k].dtype == np.float32 for k in exported) and exported.keys() == params.keys()
     assert model.num_parameters() - random_model(cell="gru", units=8).num_parameters() == 8 * 3 + 3 * 13 - 8 * 13
     save(model, tmp_path, Vocab.from_counts([f"w{k}" for k in range(11)]))
     loaded, _ = load(tmp_path)

@@ -30,10 +30,11 @@ WORDS = [w for w, _ in Counter(demo_corpus(3000, seed=0).split()).most_common(30
 TEXT = " " + demo_corpus(40, seed=11)[:100] + " zebra xylophone a i "
 
 
-def make_run(run_dir, cell: str, depth: int = 2, layers: int = 1, seed: int = 0):
+def make_run(run_dir, cell: str, depth: int = 2, layers: int = 1, seed: int = 0, head_dim: int = 0):
     """A random tiny model (biases too) with the WORDS vocabulary, saved as a run dir."""
     mx.random.seed(seed)
-    config = ModelConfig(cell=cell, layers=layers, units=16, depth=depth, embed_dim=8, vocab_size=len(WORDS))
+    config = ModelConfig(cell=cell, layers=layers, units=16, depth=depth, embed_dim=8, vocab_size=len(WORDS),
+                         head_dim=head_dim)
     model = RNNModel(config)
     rng = np.random.default_rng(seed)
     model.update(tree_map(lambda a: mx.array(rng.normal(0, 0.6, a.shape), dtype=mx.float32), model.parameters()))
@@ -41,11 +42,12 @@ def make_run(run_dir, cell: str, depth: int = 2, layers: int = 1, seed: int = 0)
     return model
 
 
-@pytest.fixture(scope="module", params=[("gru", 1), ("nlstm", 1), ("lstm", 2)], ids=["gru", "nlstm", "lstm-2l"])
+@pytest.fixture(scope="module", params=[("gru", 1, 0), ("nlstm", 1, 0), ("lstm", 2, 0), ("cifg", 2, 6)],
+                ids=["gru", "nlstm", "lstm-2l", "cifg-2l-bottleneck"])
 def bundles(request, tmp_path_factory):
-    cell, layers = request.param
+    cell, layers, head_dim = request.param
     root = tmp_path_factory.mktemp(cell)
-    make_run(root / "run", cell, layers=layers)
+    make_run(root / "run", cell, layers=layers, head_dim=head_dim)
     full = export_bundle(root / "run", root / "full", top_k=K, with_log_probs=True)
     prefix = export_bundle(root / "run", root / "prefix", top_k=K, prefix_head=True)
     return full, prefix

@@ -162,6 +162,35 @@ def test_mlx_run_shrinks_by_the_head_factor(big, to, bits, tmp_path):
     assert record["size"]["ratio"] == pytest.approx(expected, abs=0.01)
 
 
+# ---- a head bottleneck (the edge presets' head_dim) on every target --------------------------------
+
+@pytest.fixture(scope="module")
+def bottleneck(tmp_path_factory):
+    """A random GRU 1x128 with a 32-wide head bottleneck: like the presets' 96, not a multiple of 64."""
+    root = tmp_path_factory.mktemp("bottleneck")
+    mx.random.seed(4)
+    model = RNNModel(ModelConfig(cell="gru", layers=1, units=128, embed_dim=16, vocab_size=1000, head_dim=32))
+    save(model, root / "run", Vocab.from_counts([f"w{k}" for k in range(1000)]))
+    return {"mlx": root / "run", "onnx": export_bundle(root / "run", root / "onnx"),
+            "coreml": export_bundle(root / "run", root / "coreml", fmt="coreml")}
+
+
+@pytest.mark.parametrize("kind,to", [("mlx", "int8"), ("mlx", "int4"), ("onnx", "int8"), ("onnx", "int4"),
+                                     ("coreml", "int8"), ("coreml", "int4")])
+def test_bottleneck_and_head_are_both_compressed(bottleneck, kind, to, tmp_path):
+    """Exporters keep the projection apart from the head, so each target compresses both (MLX in
+    groups of 32, which divide the head's 32-wide input), and the result still agrees with its source."""
+    out, record = _quantized(bottleneck[kind], to, tmp_path, chars=400)
+    if kind == "mlx":
+        assert sorted(record["modules"]) == ["bottleneck", "head"] and record["group_size"] == 32
+    elif kind == "onnx":
+        assert {"bottleneck.Pt", "head.Wt"} <= set(record["tensors"]["model.onnx"]["compressed"])
+    else:
+        compressed = [t["name"] for t in record["tensors"]["compressed"]]
+        assert {"head_bottleneck", "head_logits"} <= {name.split("_weight")[0] for name in compressed}
+    assert record["check"]["top1_agreement"] >= {"int8": 0.95, "int4": 0.75}[to]
+
+
 # ---- pieces --------------------------------------------------------------------------------------
 
 def test_gemm_rewrite_computes_the_same(big):

@@ -91,9 +91,9 @@ Params = dict[str, np.ndarray]
 
 def _numpy_params(model: RNNModel) -> Params:
     """Every parameter as float32 NumPy, keyed like ``tree_flatten`` (``layers.0.Wx``, ``head.weight``)."""
-    from edge_rnn.model import dense_parameters
+    from edge_rnn.model import numpy_parameters
 
-    return {k: np.array(v, dtype=np.float32) for k, v in dense_parameters(model).items()}
+    return numpy_parameters(model, np.float32)
 
 
 def _layer_params(params: Params, layer: int) -> Params:
@@ -198,6 +198,15 @@ CELL_GRAPHS: dict[str, Callable[[Params, Any, tuple], tuple]] = {
 
 
 # ---- the step program --------------------------------------------------------------------------
+
+
+def _bottleneck(params: Params, h):
+    """``h P^T``, the bias-free projection of a ``head_dim`` model (``h`` otherwise), kept apart
+    from the head so a keystroke reads ``H*D + V*D`` weights, not ``V*H``; named ``head_*``, so
+    it stays fp32 with the head."""
+    if "bottleneck.weight" not in params:
+        return h
+    return mb.linear(x=h, weight=params["bottleneck.weight"], name=HEAD + "bottleneck")
 
 
 def _head(params: Params, h, top_k: int, with_log_probs: bool) -> list:
@@ -305,10 +314,11 @@ def _build_program(model: RNNModel, top_k: int, state: str, with_log_probs: bool
             layer_state = cell(_layer_params(params, layer), x, tuple(values[layer * n:(layer + 1) * n]))
             x = layer_state[0]  # h: the next layer's input, and the head's after the last layer
             new_values += layer_state
+        h = _bottleneck(params, x)
         if order is None:
-            outputs = _head(params, x, top_k, with_log_probs)
+            outputs = _head(params, h, top_k, with_log_probs)
         else:
-            outputs = _range_head(params, x, top_k, order, func.inputs[RANGE_INPUT])
+            outputs = _range_head(params, h, top_k, order, func.inputs[RANGE_INPUT])
         outputs += _write_states(state_vars, new_values, names, state)
         func.set_outputs(outputs)
     prog = Program()

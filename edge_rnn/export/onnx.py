@@ -87,7 +87,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_rnn import __version__
 from edge_rnn.export.contract import FORMAT_VERSION, RANGE_INPUT, checked_prefix_order, state_names
 from edge_rnn.io import EdgeRNNError, atomic_path
-from edge_rnn.model import RNNModel, dense_parameters
+from edge_rnn.model import RNNModel, numpy_parameters
 
 OPSET = 18  # for Split(num_outputs=...); ONNX Runtime 1.14+ (native and web)
 IR_VERSION = 8  # the lowest IR that carries opset 18: readable by older runtimes
@@ -331,7 +331,7 @@ def native_step(g: Graph, w: Weights, cell: str, x: str, state: list[str]) -> tu
 
 def model_arrays(model: RNNModel) -> dict[str, np.ndarray]:
     """Every parameter as float64 NumPy (derived tables are computed in float64, stored float32)."""
-    return {k: np.array(v, dtype=np.float64) for k, v in dense_parameters(model).items()}
+    return numpy_parameters(model, np.float64)
 
 
 def layer_arrays(params: dict[str, np.ndarray], layer: int, cell: str) -> dict[str, np.ndarray]:
@@ -368,6 +368,14 @@ def _io_spec(values: list[onnx.ValueInfoProto]) -> list[dict]:
 def _layer_states(config, names: list[str]) -> list[list[str]]:
     per = len(names) // config.layers
     return [names[k * per : (k + 1) * per] for k in range(config.layers)]
+
+
+def bottleneck(g: Graph, params: dict, h: str) -> str:
+    """``h P^T``: the bias-free projection of a ``head_dim`` model (its identity otherwise), kept
+    as its own MatMul so a keystroke reads ``H*D + V*D`` head weights instead of ``V*H``."""
+    if "bottleneck.weight" not in params:
+        return h
+    return g.op("MatMul", h, g.weight("bottleneck.Pt", params["bottleneck.weight"].T))
 
 
 def head(g: Graph, params: dict, h: str, top_k: int, with_log_probs: bool) -> list[str]:
@@ -435,6 +443,7 @@ def _finish(g: Graph, name: str, chars: onnx.ValueInfoProto, h: str, new_states:
             params: dict, top_k: int, with_log_probs: bool, order: np.ndarray | None) -> onnx.GraphProto:
     """Add the head on ``h`` (the prefix-range head when ``order`` is given: one more input,
     ``range``, last), give the next states their contract names, wrap up the graph."""
+    h = bottleneck(g, params, h)
     if order is None:
         head(g, params, h, top_k, with_log_probs)
     else:
