@@ -1,6 +1,6 @@
 """Keyboard metrics of an edge model trained for a fixed budget on WikiText-2, beside both baselines.
 
-    flock /tmp/heavy.lock python scripts/bench_keyboard.py [--minutes 5] [--preset edge-gru]
+    flock /tmp/heavy.lock python scripts/bench_keyboard.py [--minutes 5] [--preset edge-cifg]
 
 1. Text: WikiText-2 valid + test from ../shared/corpus, normalised like training. Its last
    ``--stream-words`` words are held out as one contiguous stream (for the streaming rows); the
@@ -210,7 +210,7 @@ def print_costs(costs: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="edge-gru", help="model preset (models/)")
+    ap.add_argument("--preset", default="edge-cifg", help="model preset (models/; edge-cifg: the default choice)")
     ap.add_argument("--minutes", type=float, default=5.0, help="training budget (wall clock)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (warm-up, cosine decay)")

@@ -23,8 +23,8 @@ rounds of each block's p50/p99/mean. Keystrokes are timed by the calling thread'
 thread, and CPU time leaves out the time a busy shared machine gives other processes (wall time
 here varied 2-3x between runs; ``--clock wall`` measures what a user waits). MLX computes on
 threads of its own, so its rows always use the wall clock. The bound is the bytes of weights a keystroke reads divided by
-the measured DRAM read bandwidth (``edge_rnn.bench.memory_bandwidth``); the edge models' ~12 MB fit
-in a 32 MB L3, so measured times can go below it.
+the measured DRAM read bandwidth (``edge_rnn.bench.memory_bandwidth``); the edge models' 6-11 MB (fp32)
+fit in a 32 MB L3, so measured times can go below it.
 
 Accuracy: the models are untrained, so the accuracy column is the agreement with our fp32 full
 head: top-1 agreement of the raw top-k for full heads (and the quantize check's top-1 delta on
