@@ -183,7 +183,7 @@ def complete(
     args: List[str] = typer.Argument(..., help="SOURCE [TEXT]: a run directory or an ONNX bundle, then the text typed so far (with --bundle: just [TEXT])."),
     bundle: Optional[Path] = typer.Option(None, help="An exported ONNX bundle (same as giving it as SOURCE)."),
     top_k: int = typer.Option(3, help="How many suggestions to show."),
-    restart: str = typer.Option("observation", help="Long input: 'observation' restarts from a zero state at a word boundary every ~200 characters, like training, with the last 30 characters of whole words as context; 'continuous' lets the state run on (the last 200 characters kept, backspace exact)."),
+    restart: str = typer.Option("continuous", help="Long input: 'continuous' (the runtime's default) lets the state run on (the last 200 characters kept, backspace exact); 'observation' restarts from a zero state at a word boundary every ~200 characters, like training, with the last 30 characters of whole words as context."),
 ):
     """Suggest completions of the word being typed. With TEXT, once:
     [bold]edge-rnn complete runs/x "the capital of fra"[/]. Without TEXT, an interactive line:

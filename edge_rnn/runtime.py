@@ -37,16 +37,18 @@ this Python backend's alone: ``web/runtime.mjs`` runs onnxruntime-web plainly (i
 is not measured), with the same Session otherwise.
 
 **Long input.** Models are trained on observations of at most 200 characters that start from a
-zero state. ``restart="observation"`` (the default) does what training did: at a word boundary,
-once the observation since the last restart could not take another word within ``max_chars``, it
-restarts from the zero state with the last ``context_chars`` characters of whole words as
-context, prefilled in one call. ``restart="continuous"`` lets the state run on for the whole
-text, beyond anything seen in training; it keeps the last ``max_chars`` characters (cut at a
-marked word boundary, so backspace stays exact however long the text). ``scripts/bench_keyboard.py``
-measures both on held-out text: equal within 0.03 pt for edge-gru, but edge-cifg's state drifted
-when it ran on (restarts +0.3 pt top-1, +1.3 pt KSR), while the restarts' prefill calls cost ~4 %
-of the step per keystroke; so restarts are the default (README). With its head bottleneck
-(2026-12-04) edge-cifg no longer drifts: continuous streaming is 0.5 / 0.2 pt ahead.
+zero state. ``restart="continuous"`` (the default) lets the state run on for the whole text,
+beyond anything seen in training; it keeps the last ``max_chars`` characters (cut at a marked word
+boundary, so backspace stays exact however long the text). ``restart="observation"`` does what
+training did: at a word boundary, once the observation since the last restart could not take
+another word within ``max_chars``, it restarts from the zero state with the last
+``context_chars`` characters of whole words as context, prefilled in one call.
+``scripts/bench_keyboard.py`` measures both on held-out text. On 2026-12-04 continuous streaming
+was equal within 0.04 pt or ahead on every edge preset (edge-gru, edge-nlstm equal; edge-cifg 0.5 pt
+top-1 and 0.2 pt KSR ahead), and it skips the restarts' prefill calls (~5 % of a keystroke, a
+2 ms spike at each restart), so it is the default. Restarts were the default from 2026-12-03,
+when the CIFG without a head bottleneck drifted running on (restarts +0.3 pt top-1, +1.3 pt KSR);
+a model that drifts so can still ask for them.
 
 **Suggestions.** The candidates for a partly typed word are one contiguous range of the
 alphabetically sorted words, found by bisection (``prefix_range``); ``<pad>`` and ``<unk>`` are
@@ -75,6 +77,7 @@ from edge_rnn.vocab import PAD, SPACE, SYMBOLS, UNK
 
 SYMBOL_ID = {s: k for k, s in enumerate(SYMBOLS) if k != PAD}
 RESTARTS = ("continuous", "observation")
+RESTART = "continuous"  # the default policy (module docstring: equal or better on every edge preset)
 STACK_DEPTH = 64  # keystrokes a backspace can take back without a rebuild
 MAX_CHARS = 200  # the longest observation training saw (edge_rnn.data)
 WORD_ROOM = 16  # characters kept free for the next word when deciding to restart
@@ -428,7 +431,7 @@ class Mark(NamedTuple):
 class Session:
     """A text field: type into it, take characters back, accept suggestions."""
 
-    def __init__(self, backend: Backend, stack_depth: int = STACK_DEPTH, restart: str = "observation",
+    def __init__(self, backend: Backend, stack_depth: int = STACK_DEPTH, restart: str = RESTART,
                  max_chars: int = MAX_CHARS, context_chars: int = CONTEXT_CHARS):
         if restart not in RESTARTS:
             raise EdgeRNNError(f"unknown restart policy {restart!r}; choose one of: {', '.join(RESTARTS)}")

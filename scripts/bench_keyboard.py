@@ -43,7 +43,7 @@ from edge_rnn.export.bundle import export_bundle
 from edge_rnn.keyboard import RunKeyboard, evaluate_keyboard, first_words, model_keyboard, relabel
 from edge_rnn.model import load_preset
 from edge_rnn.quantize import quantize
-from edge_rnn.runtime import CONTEXT_CHARS, SYMBOL_ID, ONNXBackend, open_session
+from edge_rnn.runtime import CONTEXT_CHARS, RESTART, SYMBOL_ID, ONNXBackend, open_session
 from edge_rnn.train import TrainConfig, train
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -183,15 +183,18 @@ def overhead(bundle: Path, text: str, n: int, rounds: int = 5, block: int = 250,
 def runtime_costs(fp32: Path, prefix: Path, int8_prefix: Path, stream: str, args) -> dict:
     """``overhead`` of the fp32 full head streaming continuously and under observation restarts at
     each ``--contexts`` length; of the prefix-head bundles under the default policy."""
-    def policy(c: int) -> str:
-        return f"restart=observation, context {c}" + (" (default)" if c == CONTEXT_CHARS else "")
+    def policy(restart: str, c: int = CONTEXT_CHARS) -> str:
+        observation = restart == "observation"
+        default = restart == RESTART and (not observation or c == CONTEXT_CHARS)
+        return f"restart={restart}" + (f", context {c}" if observation else "") + (" (default)" if default else "")
 
-    costs = {"fp32 + log_probs, restart=continuous": overhead(fp32, stream, args.overhead_chars, restart="continuous")}
+    costs = {f"fp32 + log_probs, {policy('continuous')}": overhead(fp32, stream, args.overhead_chars,
+                                                                  restart="continuous")}
     for c in args.contexts:
-        costs[f"fp32 + log_probs, {policy(c)}"] = overhead(fp32, stream, args.overhead_chars,
-                                                          restart="observation", context_chars=c)
+        costs[f"fp32 + log_probs, {policy('observation', c)}"] = overhead(
+            fp32, stream, args.overhead_chars, restart="observation", context_chars=c)
     for name, bundle in (("fp32 prefix head", prefix), ("int8 prefix head", int8_prefix)):
-        costs[f"{name}, {policy(CONTEXT_CHARS)}"] = overhead(bundle, stream, args.overhead_chars)
+        costs[f"{name}, {policy(RESTART)}"] = overhead(bundle, stream, args.overhead_chars)
     return costs
 
 

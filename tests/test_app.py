@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from app_scenario import ACTIONS, K, MAX_CHARS, STACK_DEPTH, case, expected
+from app_scenario import ACTIONS, K, MAX_CHARS, STACK_DEPTH, cases, expected
 from edge_rnn.demo import ORT_FILES, serve_in_thread, url
 from edge_rnn.export.bundle import export_bundle
 from edge_rnn.io import EdgeRNNError
@@ -55,15 +55,19 @@ def test_scenario_is_not_trivial(app_bundles):
     assert expected(app_bundles["listed-int8"]) != expected(app_bundles["prefix-int8"])
     typed = sum(len(arg) for action, arg in ACTIONS if action == "type")
     assert typed > MAX_CHARS  # the field drops its front (accepts add more): later rebuilds start from marks
+    # the restart policies differ on this text (so the JavaScript restarts are checked too)
+    assert expected(app_bundles["plain"], "observation") != expected(app_bundles["plain"], "continuous")
 
 
 def test_node_runtime_matches_python(app_bundles, tmp_path):
-    cases = tmp_path / "cases.json"
-    cases.write_text(json.dumps([case(b) for b in app_bundles.values()]))
+    """Every bundle under both restart policies (the page runs the default one)."""
+    written = cases(app_bundles.values())
+    path = tmp_path / "cases.json"
+    path.write_text(json.dumps(written))
     result = subprocess.run(["node", "--test", "examples/node/"], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "EDGE_RNN_APP_CASES": str(cases)}, timeout=300)
+                            env={**os.environ, "EDGE_RNN_APP_CASES": str(path)}, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(rf"^# pass {2 * len(app_bundles)}$", result.stdout, re.M) and re.search(r"^# fail 0$", result.stdout, re.M)
+    assert re.search(rf"^# pass {2 * len(written)}$", result.stdout, re.M) and re.search(r"^# fail 0$", result.stdout, re.M)
 
 
 def test_node_cli_prints_suggestions(app_bundles):

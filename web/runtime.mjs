@@ -19,6 +19,7 @@ export const SYMBOLS = ["<pad>", " ", ..."abcdefghijklmnopqrstuvwxyz"]; // edge_
 export const PAD = 0, SPACE = 1, UNK = 1; // UNK: output id 1 (an input id 1 is the space)
 export const SYMBOL_ID = Object.fromEntries(SYMBOLS.map((s, k) => [s, k]).filter(([, k]) => k !== PAD));
 export const RESTARTS = ["continuous", "observation"];
+export const RESTART = "continuous"; // the default policy (edge_rnn.runtime: equal or better on every edge preset)
 export const STACK_DEPTH = 64; // keystrokes a backspace can take back without a rebuild
 export const MAX_CHARS = 200; // the longest observation training saw
 export const WORD_ROOM = 16; // characters kept free for the next word when deciding to restart
@@ -264,7 +265,7 @@ class Mark {
 
 /** A text field: type into it, take characters back, accept suggestions. */
 export class Session {
-  constructor(backend, { stackDepth = STACK_DEPTH, restart = "observation", maxChars = MAX_CHARS,
+  constructor(backend, { stackDepth = STACK_DEPTH, restart = RESTART, maxChars = MAX_CHARS,
     contextChars = CONTEXT_CHARS } = {}) {
     if (!RESTARTS.includes(restart)) {
       throw new EdgeRNNError(`unknown restart policy ${restart}; choose one of: ${RESTARTS.join(", ")}`);

@@ -14,8 +14,8 @@ if (!path) throw new Error("set EDGE_RNN_APP_CASES to the JSON file tests/test_a
 const cases = JSON.parse(readFileSync(path, "utf8"));
 
 for (const c of cases) {
-  test(`same suggestions as edge_rnn.runtime: ${c.bundle}`, async () => {
-    const session = await openBundle(c.bundle, { stackDepth: c.stack_depth, maxChars: c.max_chars });
+  test(`same suggestions as edge_rnn.runtime: ${c.bundle}, restart=${c.restart}`, async () => {
+    const session = await openBundle(c.bundle, { stackDepth: c.stack_depth, maxChars: c.max_chars, restart: c.restart });
     for (const step of c.steps) {
       const [action, arg] = step.action;
       if (action === "type") await session.type(arg);
@@ -29,7 +29,7 @@ for (const c of cases) {
     }
   });
 
-  test(`normalise as edge_rnn.runtime.normalise: ${c.bundle}`, () => {
+  test(`normalise as edge_rnn.runtime.normalise: ${c.bundle}, restart=${c.restart}`, () => {
     for (const [text, want] of Object.entries(c.normalise)) assert.equal(normalise(text), want, JSON.stringify(text));
   });
 }
