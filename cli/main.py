@@ -183,19 +183,19 @@ def complete(
     args: List[str] = typer.Argument(..., help="SOURCE [TEXT]: a run directory or an ONNX bundle, then the text typed so far (with --bundle: just [TEXT])."),
     bundle: Optional[Path] = typer.Option(None, help="An exported ONNX bundle (same as giving it as SOURCE)."),
     top_k: int = typer.Option(3, help="How many suggestions to show."),
-    restart: str = typer.Option("continuous", help="Long input: 'continuous' (the runtime's default) lets the state run on (the last 200 characters kept, backspace exact); 'observation' restarts from a zero state at a word boundary every ~200 characters, like training, with the last 30 characters of whole words as context."),
+    restart: Optional[str] = typer.Option(None, help="Long input: 'continuous' (the runtime's default) lets the state run on (the last 200 characters kept, backspace exact); 'observation' restarts from a zero state at a word boundary every ~200 characters, like training, with the last 30 characters of whole words as context."),
 ):
     """Suggest completions of the word being typed. With TEXT, once:
     [bold]edge-rnn complete runs/x "the capital of fra"[/]. Without TEXT, an interactive line:
     suggestions and latency update on every key, Backspace goes back through the state stack, Tab
     or 1/2/3 accepts a suggestion, Ctrl-C/Ctrl-D quits."""
-    from edge_rnn.runtime import open_session
+    from edge_rnn.runtime import RESTART, open_session
 
     if bundle is not None:
         args = [str(bundle), *args]
     if len(args) > 2:
         raise _fail("give SOURCE and at most one TEXT (quote it)")
-    session = open_session(Path(args[0]), restart=restart)
+    session = open_session(Path(args[0]), restart=restart or RESTART)
     if len(args) == 2:
         console.print(completions_table([(args[1], session.complete(args[1], top_k))]))
         return

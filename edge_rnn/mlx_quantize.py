@@ -39,8 +39,9 @@ def quantize(source: Source, to: str, tmp: Path) -> dict:
         raise EdgeRNNError("fp16 is for bundles; quantize a run directory to int8 or int4")
     model, _ = load(source.path)
     linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    modules = list(linears)
-    bits, group = (8 if to == "int8" else 4), _mlx_group_size([m.weight.shape[1] for m in linears.values()])
+    modules = list(linears)  # the head, and its bottleneck when the model has one
+    bits = 8 if to == "int8" else 4
+    group = _mlx_group_size([m.weight.shape[1] for m in linears.values()])
     nn.quantize(model, group_size=group, bits=bits, class_predicate=lambda name, _: name in modules)
     for item in source.path.iterdir():  # config, vocab, train settings, metrics; not checkpoints
         if item.is_file() and item.name != WEIGHTS:
