@@ -71,6 +71,7 @@ class TrainConfig:
     warmup: int | None = None  # warm-up steps; None: 5 % of steps, at most 100
     adam_bias_correction: bool = True  # MLX's Adam defaults to False: up to ~6x the lr early on
     dropout: float = 0.0  # rate on the non-recurrent connections (model.Dropout); 0: none
+    weight_decay: float = 0.0  # decoupled, on matrices only (MatrixAdamW); 0: plain Adam
     objective: str = "word"  # "word": the article's cross-entropy; "prefix": over the typed prefix's words (edge_rnn.prefix)
 
     def __post_init__(self):
@@ -82,6 +83,8 @@ class TrainConfig:
         for name in ("lr", "checkpoint_minutes", "log_seconds"):
             if not getattr(self, name) > 0:
                 raise EdgeRNNError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.weight_decay < 1:
+            raise EdgeRNNError(f"weight-decay must be in [0, 1), got {self.weight_decay}")
         if not 0 <= self.dropout < 1:
             raise EdgeRNNError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.objective not in OBJECTIVES:
@@ -141,13 +144,35 @@ def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None,
     return step
 
 
+class MatrixAdamW(optim.Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019) on matrices only.
+
+    ``w <- w (1 - lr wd)`` before Adam's step, for parameters of rank >= 2 (nanoGPT's rule): the
+    embedding, the cells' input and recurrent weights, the bottleneck and the head. Biases are left
+    alone, so a forget gate's bias keeps the value its init chose. MLX's ``AdamW`` decays every
+    parameter.
+    """
+
+    def __init__(self, learning_rate: float, weight_decay: float, bias_correction: bool = True):
+        super().__init__(learning_rate=learning_rate, bias_correction=bias_correction)
+        self.weight_decay = weight_decay
+
+    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
+        if parameter.ndim >= 2:
+            parameter = parameter * (1 - self.learning_rate.astype(gradient.dtype) * self.weight_decay)
+        return super().apply_single(gradient, parameter, state)
+
+
 def make_optimizer(config: TrainConfig) -> optim.Optimizer:
-    """Adam as PyTorch and the Adam paper define it (bias-corrected), at the schedule's first rate.
+    """Adam as PyTorch and the Adam paper define it (bias-corrected), at the schedule's first rate;
+    with ``weight_decay``, ``MatrixAdamW``.
 
     The schedule's rate is set before every step by ``train``; see ``edge_rnn.schedule``.
     """
-    return optim.Adam(learning_rate=schedule.learning_rate(config, 1),
-                      bias_correction=config.adam_bias_correction)
+    lr = schedule.learning_rate(config, 1)
+    if config.weight_decay:
+        return MatrixAdamW(lr, config.weight_decay, config.adam_bias_correction)
+    return optim.Adam(learning_rate=lr, bias_correction=config.adam_bias_correction)
 
 
 def _log(run_dir: Path, record: dict) -> None:

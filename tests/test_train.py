@@ -6,13 +6,13 @@ import math
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 
 from edge_rnn.data import demo_corpus, make_splits, most_frequent_baseline
 from edge_rnn.evaluate import evaluate, evaluate_run
 from edge_rnn.io import EdgeRNNError
 from edge_rnn.model import ModelConfig, RNNModel, load, load_preset
-from edge_rnn.train import TrainConfig, batch_at, train
+from edge_rnn.train import MatrixAdamW, TrainConfig, batch_at, make_optimizer, train
 
 
 def test_tiny_model_learns_far_beyond_the_most_frequent_word(trained):
@@ -37,14 +37,16 @@ def test_run_dir_holds_config_weights_vocab_metrics(trained):
     assert len(vocab) == model.config.n_outputs == final["vocab_size"] + 2
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_resume_replays_the_uninterrupted_run_exactly(tmp_path, corpus, dropout):
-    """Also with dropout: the checkpoint carries the key of the masks still to come."""
+@pytest.mark.parametrize("dropout,weight_decay", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.1)])
+def test_resume_replays_the_uninterrupted_run_exactly(tmp_path, corpus, dropout, weight_decay):
+    """Also with dropout (the checkpoint carries the key of the masks still to come) and with
+    weight decay (the resumed run's optimizer is built from train.json)."""
     cfg = load_preset("tiny")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     # constant rate: the default cosine is fitted to --steps, so a 3-step run extended to 6 on
     # resume decays differently from a 6-step run by design
-    settings = dict(corpus=corpus, batch_size=4, eval_every=3, eval_batches=1, schedule="constant", dropout=dropout)
+    settings = dict(corpus=corpus, batch_size=4, eval_every=3, eval_batches=1, schedule="constant", dropout=dropout,
+                    weight_decay=weight_decay)
     train(cfg, TrainConfig(steps=6, **settings), straight)
     train(cfg, TrainConfig(steps=3, **settings), resumed)
     train(cfg, TrainConfig(steps=6), resumed, resume=True)  # settings come from the run's train.json
@@ -111,3 +113,20 @@ def test_progress_eta_of_a_timed_run_is_its_time_left(tmp_path):
     log.step(1, {"loss": 1.0, "acc": 0.5, "chars_per_s": 100.0})
     eta = (tmp_path / LOG).read_text().split("eta ")[-1].strip()
     assert eta in ("0:02:00", "0:01:59"), eta
+
+
+def test_weight_decay_shrinks_matrices_and_leaves_biases():
+    """A zero gradient moves nothing under Adam, so what moves is the decoupled decay alone:
+    every matrix by exactly (1 - lr wd), no bias at all (a forget gate keeps its init)."""
+    model = RNNModel(ModelConfig(cell="lstm", layers=2, units=8, embed_dim=4, vocab_size=10, head_dim=3))
+    before = dict(tree_flatten(model.parameters()))
+    optimizer = make_optimizer(TrainConfig(lr=0.5, warmup=0, schedule="constant", weight_decay=0.1))
+    assert isinstance(optimizer, MatrixAdamW)
+    optimizer.update(model, tree_map(mx.zeros_like, model.parameters()))
+    after = dict(tree_flatten(model.parameters()))
+    ranks = {name: x.ndim for name, x in before.items()}
+    assert sorted(set(ranks.values())) == [1, 2]
+    for name, x in before.items():
+        factor = 1 - 0.5 * 0.1 if x.ndim >= 2 else 1.0
+        np.testing.assert_allclose(np.array(after[name]), factor * np.array(x), rtol=1e-6, err_msg=name)
+    assert not isinstance(make_optimizer(TrainConfig()), MatrixAdamW)
