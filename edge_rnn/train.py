@@ -2,8 +2,9 @@
 
 A run directory after training holds (see ``edge_rnn.model``) ``config.json``, ``weights.safetensors``,
 ``vocab.json`` and ``metrics.jsonl``, plus what resuming needs: ``train.json`` (these settings),
-``checkpoint/`` (weights, the optimizer's whole state including its step counter, and
-``step.json``: the step reached, the data-order position and the RNG key; replaced as a whole) and
+``checkpoint/`` (weights, the optimizer's whole state including its step counter, the weight
+average when ``ema`` is set, and ``step.json``: the step reached, the data-order position and the
+RNG key; replaced as a whole) and
 ``train.log`` (the progress lines, also when no terminal is watching).
 
 Crash safety: a checkpoint is taken at every validation and every ``checkpoint_minutes`` of
@@ -25,6 +26,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -33,7 +35,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from edge_rnn import distributed, schedule
 from edge_rnn import model as modeling
@@ -45,7 +47,7 @@ from edge_rnn.model import ModelConfig, RNNModel
 from edge_rnn.prefix import OBJECTIVES, PrefixRanges
 
 CHECKPOINT = "checkpoint"
-OPTIMIZER, STEP = "optimizer.safetensors", "step.json"
+OPTIMIZER, STEP, AVERAGE = "optimizer.safetensors", "step.json", "average.safetensors"
 LOG = "train.log"
 
 
@@ -72,6 +74,7 @@ class TrainConfig:
     adam_bias_correction: bool = True  # MLX's Adam defaults to False: up to ~6x the lr early on
     dropout: float = 0.0  # rate on the non-recurrent connections (model.Dropout); 0: none
     weight_decay: float = 0.0  # decoupled, on matrices only (MatrixAdamW); 0: plain Adam
+    ema: float = 0.0  # decay of the weight average that validation and the saved model use (WeightAverage); 0: none
     objective: str = "word"  # "word": the article's cross-entropy; "prefix": over the typed prefix's words (edge_rnn.prefix)
 
     def __post_init__(self):
@@ -85,6 +88,8 @@ class TrainConfig:
                 raise EdgeRNNError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.weight_decay < 1:
             raise EdgeRNNError(f"weight-decay must be in [0, 1), got {self.weight_decay}")
+        if not 0 <= self.ema < 1:
+            raise EdgeRNNError(f"ema must be in [0, 1), got {self.ema}")
         if not 0 <= self.dropout < 1:
             raise EdgeRNNError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.objective not in OBJECTIVES:
@@ -175,22 +180,68 @@ def make_optimizer(config: TrainConfig) -> optim.Optimizer:
     return optim.Adam(learning_rate=lr, bias_correction=config.adam_bias_correction)
 
 
+class WeightAverage:
+    """An exponential moving average of the weights (Polyak averaging), for ``config.ema`` > 0.
+
+    Training steps the raw weights; validation, the saved model and so every export use the
+    average, which smooths the last steps' noise where a small corpus is being overfit. The decay
+    of update ``t`` is ``min(ema, (1 + t) / (10 + t))`` (TensorFlow's ``ExponentialMovingAverage``
+    with ``num_updates``), so the random initial weights fade within the first steps.
+    """
+
+    def __init__(self, model: RNNModel, decay: float):
+        self.decay = decay
+        self.params = tree_map(mx.array, model.parameters())  # a copy: the model's arrays get replaced
+
+    @staticmethod
+    @mx.compile
+    def _blend(average: dict, params: dict, decay: mx.array) -> dict:
+        return tree_map(lambda a, p: a + (1 - decay) * (p - a), average, params)
+
+    def update(self, model: RNNModel, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        self.params = self._blend(self.params, model.parameters(), mx.array(decay, dtype=mx.float32))
+        mx.async_eval(self.params)
+
+    @contextmanager
+    def applied(self, model: RNNModel):
+        """The model holds the average inside the block and its raw weights again after it."""
+        raw = model.parameters()
+        model.update(self.params)
+        try:
+            yield model
+        finally:
+            model.update(raw)
+
+
+@contextmanager
+def averaged(model: RNNModel, average: WeightAverage | None):
+    """``average.applied(model)``, or the model as it is when the run keeps no average."""
+    if average is None:
+        yield model
+    else:
+        with average.applied(model):
+            yield model
+
+
 def _log(run_dir: Path, record: dict) -> None:
     with open(run_dir / modeling.METRICS, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
 def save_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, step: int, splits: Splits,
-                    config: TrainConfig, key: mx.array) -> None:
-    """Save the model where ``eval``/``export`` look, then the resume set as one folder.
+                    config: TrainConfig, key: mx.array, average: WeightAverage | None = None) -> None:
+    """Save the model where ``eval``/``export`` look (the weight average if the run keeps one),
+    then the resume set as one folder.
 
-    ``checkpoint/`` (weights, optimizer state, step, data position, RNG key) is built aside and
+    ``checkpoint/`` (raw weights, their average, optimizer state, step, data position, RNG key) is built aside and
     renamed into place, so a crash at any moment leaves a complete older or newer checkpoint, never
     a mix of the two; it is the truth a resume starts from (the model files may be one save newer:
     a resume replaces their weights with the checkpoint's).
     """
-    mx.eval(model.parameters(), optimizer.state)
-    modeling.save(model, run_dir, splits.vocab)
+    mx.eval(model.parameters(), optimizer.state, average.params if average else [])
+    with averaged(model, average):
+        modeling.save(model, run_dir, splits.vocab)
     epoch, batch = data_position(splits.train, step, config.batch_size)
     position = {"step": step, "epoch": epoch, "batch_in_epoch": batch, "order_seed": config.seed + epoch,
                 "key": np.array(key).tolist()}
@@ -198,18 +249,23 @@ def save_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, 
         mx.save_safetensors(str(tmp / modeling.WEIGHTS), dict(tree_flatten(model.parameters())))
         mx.save_safetensors(str(tmp / OPTIMIZER), dict(tree_flatten(optimizer.state)))
         (tmp / STEP).write_text(json.dumps(position))
-        for name in (modeling.WEIGHTS, OPTIMIZER):
+        if average is not None:
+            mx.save_safetensors(str(tmp / AVERAGE), dict(tree_flatten(average.params)))
+        for name in (modeling.WEIGHTS, OPTIMIZER) + ((AVERAGE,) if average is not None else ()):
             check_safetensors(tmp / name)
         crash_point("checkpoint")
 
 
 def load_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, splits: Splits,
-                    config: TrainConfig) -> tuple[int, mx.array]:
-    """Restore weights and optimizer state from ``checkpoint/``; return the step reached and the key."""
+                    config: TrainConfig, average: WeightAverage | None = None) -> tuple[int, mx.array]:
+    """Restore weights, their average and the optimizer state from ``checkpoint/``; return the
+    step reached and the key."""
     ckpt = run_dir / CHECKPOINT
     try:
         model.load_weights(str(ckpt / modeling.WEIGHTS), strict=True)
         optimizer.state = tree_unflatten(list(mx.load(str(ckpt / OPTIMIZER)).items()))
+        if average is not None:
+            average.params = tree_unflatten(list(mx.load(str(ckpt / AVERAGE)).items()))
         position = json.loads((ckpt / STEP).read_text())
         step, key = int(position["step"]), mx.array(position["key"], dtype=mx.uint32)
     except Exception as err:
@@ -245,7 +301,8 @@ def _step_of(line: str) -> int:
 
 def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume: bool,
             ranks: distributed.Ranks = distributed.Ranks(None)):
-    """Build (or restore) the data, model, optimizer and starting step of a run."""
+    """Build (or restore) the data, model, optimizer, weight average (None without ``ema``),
+    starting step and RNG key of a run."""
     if config.objective == "prefix" and model_config.task != "autocomplete":  # before anything is written
         raise EdgeRNNError("the prefix objective needs an autocomplete model (its outputs are words)")
     run_dir = Path(run_dir)
@@ -285,11 +342,13 @@ def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resum
         if vocab is not None and splits.vocab is not None and vocab.words != splits.vocab.words:
             raise EdgeRNNError(f"{run_dir}: the corpus no longer gives the run's vocabulary; cannot resume")
         optimizer.init(model.trainable_parameters())
-        start, key = load_checkpoint(run_dir, model, optimizer, splits, config)
+        average = WeightAverage(model, config.ema) if config.ema else None
+        start, key = load_checkpoint(run_dir, model, optimizer, splits, config, average)
         _forget_after(run_dir, start)
     else:
         model = RNNModel(model_config)
         optimizer.init(model.trainable_parameters())
+        average = WeightAverage(model, config.ema) if config.ema else None
         start = 0
         if ranks.main:  # the others write nothing
             try:
@@ -300,8 +359,8 @@ def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resum
             atomic_write_text(run_dir / modeling.TRAIN, json.dumps(asdict(config), indent=2))
     for cell in model.layers:
         cell.manual_backward = not config.autodiff
-    mx.eval(model.parameters(), optimizer.state)
-    return model, optimizer, splits, config, start, key
+    mx.eval(model.parameters(), optimizer.state, average.params if average else [])
+    return model, optimizer, splits, config, average, start, key
 
 
 class ProgressLog:
@@ -399,7 +458,7 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
     ranks = distributed.init(config.distributed)
     rows = distributed.shard(config.batch_size, ranks)
     config = TrainConfig.from_dict({**asdict(config), "ranks": ranks.size})
-    model, optimizer, splits, config, start, key = prepare(model_config, config, run_dir, resume, ranks)
+    model, optimizer, splits, config, average, start, key = prepare(model_config, config, run_dir, resume, ranks)
     if start == config.steps:  # killed after its last checkpoint, while exiting: nothing to redo
         valid = [r for r in _records(run_dir) if r.get("split") == "valid" and r["step"] == start]
         return {**(valid[-1] if valid else {}), "steps": start, "vocab_size": model.config.vocab_size}
@@ -411,15 +470,15 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
     step_fn = make_step(model, optimizer, config.clip, ranks, config.dropout, config.batch_size,
                         None if prefix is None else prefix.order)
     try:
-        return _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks, rows, progress, echo,
-                     prefix)
+        return _loop(model, optimizer, average, splits, config, run_dir, start, key, step_fn, ranks, rows, progress,
+                     echo, prefix)
     except RuntimeError as err:
         if distributed.peer_lost(err):
             raise distributed.PeerLost(ranks, err) from None
         raise
 
 
-def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks, rows, progress, echo,
+def _loop(model, optimizer, average, splits, config, run_dir, start, key, step_fn, ranks, rows, progress, echo,
           prefix: PrefixRanges | None) -> dict:
     """Steps, validation and checkpoints (rank 0 writes) until the steps or the minutes run out."""
     started = time.perf_counter()
@@ -443,6 +502,8 @@ def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks,
                 targets, ranges = prefix.batch(ids, targets)
                 ranges = mx.array(ranges[rows])
             loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]), step_key, ranges)
+            if average is not None:
+                average.update(model, step)
             crash_point("step")
             stats = window.add(loss, n, hits, ids)
             if progress:
@@ -451,19 +512,20 @@ def _loop(model, optimizer, splits, config, run_dir, start, key, step_fn, ranks,
                 log.step(step, stats)
             last = step == config.steps or (config.minutes is not None and elapsed > 60 * config.minutes)
             if step % config.eval_every == 0 or last:
-                valid = evaluate(model, splits.valid, config.batch_size, None if last else config.eval_batches, ranks,
-                                 prefix)
+                with averaged(model, average):
+                    valid = evaluate(model, splits.valid, config.batch_size, None if last else config.eval_batches,
+                                     ranks, prefix)
                 crash_point("eval")
                 if ranks.main:
                     _log(run_dir, {"step": step, "split": "train", **stats})
                     _log(run_dir, {"step": step, "split": "valid", **valid})
                     log.valid(step, valid)
-                    save_checkpoint(run_dir, model, optimizer, step, splits, config, key)
+                    save_checkpoint(run_dir, model, optimizer, step, splits, config, key, average)
                 saved_at, window = time.perf_counter(), Window()
                 if progress:
                     progress(step, {**stats, "valid": valid})
             elif ranks.main and (interrupt.requested or time.perf_counter() - saved_at > 60 * config.checkpoint_minutes):
-                save_checkpoint(run_dir, model, optimizer, step, splits, config, key)
+                save_checkpoint(run_dir, model, optimizer, step, splits, config, key, average)
                 saved_at = time.perf_counter()
             if interrupt.requested:
                 if log:

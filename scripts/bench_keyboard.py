@@ -219,6 +219,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (warm-up, cosine decay)")
     ap.add_argument("--dropout", type=float, default=0.0, help="dropout on the non-recurrent connections")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay on the matrices")
+    ap.add_argument("--ema", type=float, default=0.0, help="decay of the weight average the model is saved as")
     ap.add_argument("--head-dim", type=int, help="override the preset's bottleneck before the head (0: none)")
     ap.add_argument("--objective", default="word", help="training objective: word (every word) or prefix "
                     "(the typed prefix's words; edge_rnn.prefix)")
@@ -240,7 +241,8 @@ def main() -> None:
           f"BLAS {blas.loaded or 'reference'}; preset {args.preset}"
           f"{'' if args.head_dim is None else f', head_dim {args.head_dim}'}"
           f"{f', dropout {args.dropout:g}' if args.dropout else ''}"
-          f"{f', weight decay {args.weight_decay:g}' if args.weight_decay else ''}, {args.minutes:g} min budget",
+          f"{f', weight decay {args.weight_decay:g}' if args.weight_decay else ''}"
+          f"{f', weight average {args.ema:g}' if args.ema else ''}, {args.minutes:g} min budget",
           flush=True)
     stream, rest = held_out(args.stream_words)
     with tempfile.TemporaryDirectory() as scratch:
@@ -256,7 +258,7 @@ def main() -> None:
             run = tmp / "run"
             t0 = time.perf_counter()
             final = train(config, TrainConfig(corpus=str(corpus), steps=10**9, batch_size=args.batch_size, lr=args.lr,
-                                              dropout=args.dropout, weight_decay=args.weight_decay,
+                                              dropout=args.dropout, weight_decay=args.weight_decay, ema=args.ema,
                                               objective=args.objective,
                                               eval_every=args.eval_every,
                                               minutes=args.minutes), run)

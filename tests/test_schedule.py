@@ -55,7 +55,7 @@ def test_training_sets_the_scheduled_rate_in_the_compiled_step(tmp_path, corpus)
     saved = json.loads((tmp_path / "run" / "train.json").read_text())
     assert saved["schedule"] == "cosine" and saved["adam_bias_correction"] is True
     # the last update used the end of the cosine: the rate left in the restored optimizer state
-    _, optimizer, _, _, start, _ = prepare(load_preset("tiny"), TrainConfig(steps=20), tmp_path / "run", resume=True)
+    _, optimizer, _, _, _, start, _ = prepare(load_preset("tiny"), TrainConfig(steps=20), tmp_path / "run", resume=True)
     assert start == 20
     assert float(optimizer.state["learning_rate"]) == pytest.approx(1e-3, rel=1e-5)
     assert int(optimizer.state["step"]) == 20

@@ -6,13 +6,14 @@ import math
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from edge_rnn.data import demo_corpus, make_splits, most_frequent_baseline
+from edge_rnn.data import demo_corpus, make_splits
 from edge_rnn.evaluate import evaluate, evaluate_run
 from edge_rnn.io import EdgeRNNError
 from edge_rnn.model import ModelConfig, RNNModel, load, load_preset
-from edge_rnn.train import MatrixAdamW, TrainConfig, batch_at, make_optimizer, train
+from edge_rnn.train import (AVERAGE, CHECKPOINT, MatrixAdamW, TrainConfig, WeightAverage, batch_at, make_optimizer,
+                            train)
 
 
 def test_tiny_model_learns_far_beyond_the_most_frequent_word(trained):
@@ -37,16 +38,18 @@ def test_run_dir_holds_config_weights_vocab_metrics(trained):
     assert len(vocab) == model.config.n_outputs == final["vocab_size"] + 2
 
 
-@pytest.mark.parametrize("dropout,weight_decay", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.1)])
-def test_resume_replays_the_uninterrupted_run_exactly(tmp_path, corpus, dropout, weight_decay):
-    """Also with dropout (the checkpoint carries the key of the masks still to come) and with
-    weight decay (the resumed run's optimizer is built from train.json)."""
+@pytest.mark.parametrize("dropout,weight_decay,ema", [(0.0, 0.0, 0.0), (0.3, 0.0, 0.0), (0.0, 0.1, 0.0),
+                                                      (0.0, 0.0, 0.9)])
+def test_resume_replays_the_uninterrupted_run_exactly(tmp_path, corpus, dropout, weight_decay, ema):
+    """Also with dropout (the checkpoint carries the key of the masks still to come), with weight
+    decay (the resumed run's optimizer is built from train.json) and with a weight average (the
+    checkpoint carries it; the saved models compared here are the averages)."""
     cfg = load_preset("tiny")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     # constant rate: the default cosine is fitted to --steps, so a 3-step run extended to 6 on
     # resume decays differently from a 6-step run by design
     settings = dict(corpus=corpus, batch_size=4, eval_every=3, eval_batches=1, schedule="constant", dropout=dropout,
-                    weight_decay=weight_decay)
+                    weight_decay=weight_decay, ema=ema)
     train(cfg, TrainConfig(steps=6, **settings), straight)
     train(cfg, TrainConfig(steps=3, **settings), resumed)
     train(cfg, TrainConfig(steps=6), resumed, resume=True)  # settings come from the run's train.json
@@ -130,3 +133,37 @@ def test_weight_decay_shrinks_matrices_and_leaves_biases():
         factor = 1 - 0.5 * 0.1 if x.ndim >= 2 else 1.0
         np.testing.assert_allclose(np.array(after[name]), factor * np.array(x), rtol=1e-6, err_msg=name)
     assert not isinstance(make_optimizer(TrainConfig()), MatrixAdamW)
+
+
+def test_weight_average_follows_the_ema_equations():
+    """a_t = d_t a_{t-1} + (1 - d_t) w_t with d_t = min(ema, (1 + t) / (10 + t)), in NumPy."""
+    model = RNNModel(ModelConfig(cell="gru", layers=1, units=4, embed_dim=3, vocab_size=5))
+    average = WeightAverage(model, 0.5)
+    reference = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+    rng = np.random.default_rng(0)
+    for t in range(1, 5):
+        new = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in reference.items()}
+        model.update(tree_unflatten([(k, mx.array(v)) for k, v in new.items()]))
+        average.update(model, t)
+        d = min(0.5, (1 + t) / (10 + t))
+        reference = {k: d * reference[k] + (1 - d) * new[k] for k in reference}
+    for name, x in tree_flatten(average.params):
+        np.testing.assert_allclose(np.array(x), reference[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    with average.applied(model):  # the average inside, the raw weights again after
+        for name, x in tree_flatten(model.parameters()):
+            np.testing.assert_allclose(np.array(x), reference[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    for name, x in tree_flatten(model.parameters()):
+        np.testing.assert_array_equal(np.array(x), new[name])
+
+
+def test_a_run_with_ema_saves_the_average_and_resumes_from_the_raw_weights(tmp_path, corpus):
+    run = tmp_path / "run"
+    train(load_preset("tiny"), TrainConfig(corpus=corpus, steps=6, batch_size=4, eval_every=6, eval_batches=1,
+                                           ema=0.9), run)
+    saved = dict(tree_flatten(load(run)[0].parameters()))
+    raw = mx.load(str(run / CHECKPOINT / "weights.safetensors"))
+    average = mx.load(str(run / CHECKPOINT / AVERAGE))
+    assert saved.keys() == raw.keys() == average.keys()
+    for name in saved:
+        np.testing.assert_array_equal(np.array(saved[name]), np.array(average[name]), err_msg=name)
+    assert any(not np.allclose(np.array(raw[k]), np.array(average[k])) for k in raw)
