@@ -369,7 +369,8 @@ def main(argv=None) -> None:
     mx.set_cache_limit(4 << 30)
     splits = make_splits(wikitext2(), "autocomplete", args.vocab, args.max_len, args.seed)
     config = training.TrainConfig(steps=max(checkpoints), batch_size=args.batch, lr=args.lr, clip=args.clip,
-                                  schedule=args.schedule, max_len=args.max_len, seed=args.seed)
+                                  schedule=args.schedule, max_len=args.max_len, seed=args.seed,
+                                  weight_decay=0.0, ema=0.0)  # the PyTorch twin's plain Adam, last weights
     import torch
     torch.set_num_threads(args.torch_threads)
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")

@@ -13,7 +13,7 @@ from edge_rnn.evaluate import evaluate, evaluate_run
 from edge_rnn.io import EdgeRNNError
 from edge_rnn.model import ModelConfig, RNNModel, load, load_preset
 from edge_rnn.train import (AVERAGE, CHECKPOINT, MatrixAdamW, TrainConfig, WeightAverage, batch_at, make_optimizer,
-                            train)
+                            prepare, train)
 
 
 def test_tiny_model_learns_far_beyond_the_most_frequent_word(trained):
@@ -132,7 +132,7 @@ def test_weight_decay_shrinks_matrices_and_leaves_biases():
     for name, x in before.items():
         factor = 1 - 0.5 * 0.1 if x.ndim >= 2 else 1.0
         np.testing.assert_allclose(np.array(after[name]), factor * np.array(x), rtol=1e-6, err_msg=name)
-    assert not isinstance(make_optimizer(TrainConfig()), MatrixAdamW)
+    assert not isinstance(make_optimizer(TrainConfig(weight_decay=0.0)), MatrixAdamW)
 
 
 def test_weight_average_follows_the_ema_equations():
@@ -167,3 +167,17 @@ def test_a_run_with_ema_saves_the_average_and_resumes_from_the_raw_weights(tmp_p
     for name in saved:
         np.testing.assert_array_equal(np.array(saved[name]), np.array(average[name]), err_msg=name)
     assert any(not np.allclose(np.array(raw[k]), np.array(average[k])) for k in raw)
+
+
+def test_a_run_from_before_weight_decay_and_averaging_resumes_as_it_was(tmp_path, corpus):
+    """Its train.json lacks the settings, which are on by default now: it goes on without them."""
+    run = tmp_path / "run"
+    train(load_preset("tiny"), TrainConfig(corpus=corpus, steps=3, batch_size=4, eval_every=3, eval_batches=1,
+                                           weight_decay=0.0, ema=0.0), run)
+    saved = json.loads((run / "train.json").read_text())
+    del saved["weight_decay"], saved["ema"]
+    (run / "train.json").write_text(json.dumps(saved))
+    _, optimizer, _, config, average, start, _ = prepare(load_preset("tiny"), TrainConfig(steps=6), run, resume=True)
+    assert (config.weight_decay, config.ema, average, start) == (0.0, 0.0, None, 3)
+    assert not isinstance(optimizer, MatrixAdamW)
+    assert (TrainConfig().weight_decay, TrainConfig().ema) == (0.1, 0.998)  # what a new run gets
