@@ -205,7 +205,7 @@ class WeightAverage:
     def update(self, model: RNNModel, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
         self.params = self._blend(self.params, model.parameters(), mx.array(decay, dtype=mx.float32))
-        mx.async_eval(self.params)
+        mx.eval(self.params)
 
     @contextmanager
     def applied(self, model: RNNModel):
@@ -506,10 +506,10 @@ def _loop(model, optimizer, average, splits, config, run_dir, start, key, step_f
                 targets, ranges = prefix.batch(ids, targets)
                 ranges = mx.array(ranges[rows])
             loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]), step_key, ranges)
-            if average is not None:
-                average.update(model, step)
             crash_point("step")
-            stats = window.add(loss, n, hits, ids)
+            stats = window.add(loss, n, hits, ids)  # reads the loss first: a rank lost in the step's all-reduce
+            if average is not None:                 # raises there, where evaluating the weights first hangs (MLX 0.32 ring)
+                average.update(model, step)
             if progress:
                 progress(step, stats)
             if log:
