@@ -74,8 +74,8 @@ def train(
             raise _fail("--resume needs --out RUN_DIR")
         out = Path("runs") / f"{preset or model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = TrainConfig(corpus=corpus, steps=steps, batch_size=batch_size, lr=lr, clip=clip, dropout=dropout,
-                         weight_decay=weight_decay, ema=ema, objective=objective, eval_every=eval_every, seed=seed, autodiff=autodiff, minutes=minutes,
-                         checkpoint_minutes=checkpoint_minutes, log_seconds=log_seconds,
+                         weight_decay=weight_decay, ema=ema, objective=objective, eval_every=eval_every, seed=seed,
+                         autodiff=autodiff, minutes=minutes, checkpoint_minutes=checkpoint_minutes, log_seconds=log_seconds,
                          exact_vocab=vocab_size is not None, distributed=distributed)
     ranks = ranks_of_run.init(distributed)
     if not ranks.main:  # rank 0 speaks for the run

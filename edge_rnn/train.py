@@ -25,8 +25,8 @@ import json
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -151,23 +151,19 @@ def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None,
     return step
 
 
-class MatrixAdamW(optim.Adam):
-    """Adam with decoupled weight decay (Loshchilov & Hutter 2019) on matrices only.
+class MatrixAdamW(optim.AdamW):
+    """MLX's AdamW (decoupled weight decay, Loshchilov & Hutter 2019) on matrices only.
 
-    ``w <- w (1 - lr wd)`` before Adam's step, for parameters of rank >= 2 (nanoGPT's rule): the
-    embedding, the cells' input and recurrent weights, the bottleneck and the head. Biases are left
-    alone, so a forget gate's bias keeps the value its init chose. MLX's ``AdamW`` decays every
-    parameter.
+    ``w <- w (1 - lr wd)`` before Adam's step for parameters of rank >= 2 (nanoGPT's rule): the
+    embedding, the cells' input and recurrent weights, the bottleneck and the head. Biases take
+    plain Adam's step, so a forget gate's bias keeps the value its init chose; ``optim.AdamW``
+    alone would decay every parameter.
     """
-
-    def __init__(self, learning_rate: float, weight_decay: float, bias_correction: bool = True):
-        super().__init__(learning_rate=learning_rate, bias_correction=bias_correction)
-        self.weight_decay = weight_decay
 
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
         if parameter.ndim >= 2:
-            parameter = parameter * (1 - self.learning_rate.astype(gradient.dtype) * self.weight_decay)
-        return super().apply_single(gradient, parameter, state)
+            return super().apply_single(gradient, parameter, state)
+        return optim.Adam.apply_single(self, gradient, parameter, state)
 
 
 def make_optimizer(config: TrainConfig) -> optim.Optimizer:
@@ -178,7 +174,8 @@ def make_optimizer(config: TrainConfig) -> optim.Optimizer:
     """
     lr = schedule.learning_rate(config, 1)
     if config.weight_decay:
-        return MatrixAdamW(lr, config.weight_decay, config.adam_bias_correction)
+        return MatrixAdamW(learning_rate=lr, weight_decay=config.weight_decay,
+                           bias_correction=config.adam_bias_correction)
     return optim.Adam(learning_rate=lr, bias_correction=config.adam_bias_correction)
 
 
@@ -207,25 +204,20 @@ class WeightAverage:
         self.params = self._blend(self.params, model.parameters(), mx.array(decay, dtype=mx.float32))
         mx.eval(self.params)
 
-    @contextmanager
-    def applied(self, model: RNNModel):
-        """The model holds the average inside the block and its raw weights again after it."""
-        raw = model.parameters()
-        model.update(self.params)
-        try:
-            yield model
-        finally:
-            model.update(raw)
-
 
 @contextmanager
 def averaged(model: RNNModel, average: WeightAverage | None):
-    """``average.applied(model)``, or the model as it is when the run keeps no average."""
+    """The model holds the average inside the block and its raw weights again after it (no
+    change when the run keeps no average)."""
     if average is None:
         yield model
-    else:
-        with average.applied(model):
-            yield model
+        return
+    raw = model.parameters()
+    model.update(average.params)
+    try:
+        yield model
+    finally:
+        model.update(raw)
 
 
 def _log(run_dir: Path, record: dict) -> None:
@@ -238,8 +230,8 @@ def save_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, 
     """Save the model where ``eval``/``export`` look (the weight average if the run keeps one),
     then the resume set as one folder.
 
-    ``checkpoint/`` (raw weights, their average, optimizer state, step, data position, RNG key) is built aside and
-    renamed into place, so a crash at any moment leaves a complete older or newer checkpoint, never
+    ``checkpoint/`` (raw weights, their average, optimizer state, step, data position, RNG key) is
+    built aside and renamed into place, so a crash at any moment leaves a complete older or newer checkpoint, never
     a mix of the two; it is the truth a resume starts from (the model files may be one save newer:
     a resume replaces their weights with the checkpoint's).
     """
@@ -249,14 +241,14 @@ def save_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, 
     epoch, batch = data_position(splits.train, step, config.batch_size)
     position = {"step": step, "epoch": epoch, "batch_in_epoch": batch, "order_seed": config.seed + epoch,
                 "key": np.array(key).tolist()}
+    trees = {modeling.WEIGHTS: model.parameters(), OPTIMIZER: optimizer.state}
+    if average is not None:
+        trees[AVERAGE] = average.params
     with atomic_dir(run_dir / CHECKPOINT, force=True) as tmp:
-        mx.save_safetensors(str(tmp / modeling.WEIGHTS), dict(tree_flatten(model.parameters())))
-        mx.save_safetensors(str(tmp / OPTIMIZER), dict(tree_flatten(optimizer.state)))
-        (tmp / STEP).write_text(json.dumps(position))
-        if average is not None:
-            mx.save_safetensors(str(tmp / AVERAGE), dict(tree_flatten(average.params)))
-        for name in (modeling.WEIGHTS, OPTIMIZER) + ((AVERAGE,) if average is not None else ()):
+        for name, tree in trees.items():
+            mx.save_safetensors(str(tmp / name), dict(tree_flatten(tree)))
             check_safetensors(tmp / name)
+        (tmp / STEP).write_text(json.dumps(position))
         crash_point("checkpoint")
 
 
@@ -507,8 +499,10 @@ def _loop(model, optimizer, average, splits, config, run_dir, start, key, step_f
                 ranges = mx.array(ranges[rows])
             loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]), step_key, ranges)
             crash_point("step")
-            stats = window.add(loss, n, hits, ids)  # reads the loss first: a rank lost in the step's all-reduce
-            if average is not None:                 # raises there, where evaluating the weights first hangs (MLX 0.32 ring)
+            # the loss is read first: a rank lost in the step's all-reduce raises there, while
+            # evaluating the weights first (the average's update) hangs in MLX 0.32's ring backend
+            stats = window.add(loss, n, hits, ids)
+            if average is not None:
                 average.update(model, step)
             if progress:
                 progress(step, stats)

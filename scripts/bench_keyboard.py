@@ -218,7 +218,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (warm-up, cosine decay)")
     ap.add_argument("--dropout", type=float, default=0.0, help="dropout on the non-recurrent connections")
-    ap.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, help="decoupled weight decay on the matrices")
+    ap.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
+                    help="decoupled weight decay on the matrices")
     ap.add_argument("--ema", type=float, default=TrainConfig.ema, help="decay of the weight average the model is saved as")
     ap.add_argument("--head-dim", type=int, help="override the preset's bottleneck before the head (0: none)")
     ap.add_argument("--objective", default="word", help="training objective: word (every word) or prefix "

@@ -12,8 +12,8 @@ from edge_rnn.data import demo_corpus, make_splits
 from edge_rnn.evaluate import evaluate, evaluate_run
 from edge_rnn.io import EdgeRNNError
 from edge_rnn.model import ModelConfig, RNNModel, load, load_preset
-from edge_rnn.train import (AVERAGE, CHECKPOINT, MatrixAdamW, TrainConfig, WeightAverage, batch_at, make_optimizer,
-                            prepare, train)
+from edge_rnn.train import (AVERAGE, CHECKPOINT, MatrixAdamW, TrainConfig, WeightAverage, averaged, batch_at,
+                            make_optimizer, prepare, train)
 
 
 def test_tiny_model_learns_far_beyond_the_most_frequent_word(trained):
@@ -149,7 +149,7 @@ def test_weight_average_follows_the_ema_equations():
         reference = {k: d * reference[k] + (1 - d) * new[k] for k in reference}
     for name, x in tree_flatten(average.params):
         np.testing.assert_allclose(np.array(x), reference[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    with average.applied(model):  # the average inside, the raw weights again after
+    with averaged(model, average):  # the average inside, the raw weights again after
         for name, x in tree_flatten(model.parameters()):
             np.testing.assert_allclose(np.array(x), reference[name], rtol=1e-5, atol=1e-6, err_msg=name)
     for name, x in tree_flatten(model.parameters()):
