@@ -27,7 +27,7 @@ import random
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
@@ -374,6 +374,9 @@ class Dataset:
     targets: np.ndarray  # int32 target per char (word id or next-symbol id; 0 = pad = no loss)
     starts: np.ndarray  # int64 start offset of each observation in chars
     lengths: np.ndarray  # int64 length of each observation (<= max_len)
+    # bool per observation: it continues the previous one in the source text (``rechunked`` needs it)
+    follows: np.ndarray | None = None
+    _last_cut: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -395,6 +398,40 @@ class Dataset:
         x = np.where(mask, self.chars[pos], 0).astype(np.int32)
         y = np.where(mask, self.targets[pos], 0).astype(np.int32)
         return x, y
+
+    def rechunked(self, seed: int, max_len: int) -> "Dataset":
+        """The same text cut at other word boundaries, drawn from ``seed``.
+
+        Each run of observations that are contiguous in the source text keeps its words but starts
+        with a random number (1 to all) of its first observation's words, then packs greedily again.
+        Training on a new cut each epoch shows a word after other amounts of context, where fixed
+        observations show it after the same ones every epoch. Sound for word targets only (a
+        position's label does not depend on where its observation starts); no observation reaches
+        text outside this split; never fewer observations than before (greedy from a run's start is
+        the fewest). The last cut is kept, as an epoch asks for it once per batch.
+        """
+        if self._last_cut[:2] == (seed, max_len):
+            return self._last_cut[2]
+        if self.follows is None:
+            raise ValueError("rechunked needs follows: which observations continue the previous one")
+        word_starts = np.flatnonzero(self.chars == SPACE)
+        costs = np.diff(np.append(word_starts, self.starts[-1] + self.lengths[-1]))
+        first_word = np.append(np.searchsorted(word_starts, self.starts), len(word_starts))
+        runs = np.append(np.flatnonzero(~self.follows), len(self))
+        rng = np.random.default_rng([1, seed])  # not the epoch's permutation stream
+        keep = rng.integers(1, first_word[runs[:-1] + 1] - first_word[runs[:-1]] + 1)
+        bounds, follows = [], []
+        for a, b, j in zip(first_word[runs[:-1]], first_word[runs[1:]], keep):
+            cuts = np.concatenate([[a], a + j + pack_words(costs[a + j : b], max_len)[:-1]])
+            bounds.append(cuts)
+            follows.append(np.arange(len(cuts)) > 0)
+        bounds = np.concatenate(bounds)
+        ends = np.append(bounds[1:], len(word_starts))
+        ends_at = np.append(word_starts, self.starts[-1] + self.lengths[-1])
+        starts = word_starts[bounds]
+        cut = Dataset(self.chars, self.targets, starts, ends_at[ends] - starts, np.concatenate(follows))
+        self._last_cut = (seed, max_len, cut)
+        return cut
 
     def batches(self, batch_size: int, shuffle: bool, seed: int = 0,
                 drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -488,7 +525,9 @@ def _split(chars: np.ndarray, targets: np.ndarray, lengths: np.ndarray,
         sub = lengths[split == k]
         starts = np.concatenate([[0], np.cumsum(sub)[:-1]]).astype(np.int64)
         mask = char_split == k
-        out.append(Dataset(chars[mask], targets[mask], starts, sub.astype(np.int64)))
+        index = np.flatnonzero(split == k)
+        follows = np.diff(index, prepend=-2) == 1
+        out.append(Dataset(chars[mask], targets[mask], starts, sub.astype(np.int64), follows))
     return out
 
 

@@ -13,8 +13,9 @@ at any moment (``kill -9``, the OOM killer) and started again with ``resume`` co
 last checkpoint, or from step 0 if it had none, and ends bit-identical to an uninterrupted run.
 
 Determinism: the data order of step ``s`` is a pure function of ``(seed, s)`` (one seeded
-permutation per epoch), and the model is initialised from ``seed``; so a run resumed from its
-checkpoint sees the same batches, in the same order, as an uninterrupted run. With dropout, each
+permutation per epoch, and with ``rechunk`` one cut of the text per epoch), and the model is
+initialised from ``seed``; so a run resumed from its checkpoint sees the same batches, in the same
+order, as an uninterrupted run. With dropout, each
 step splits the run's RNG key in two (the masks' key and the next key), and the checkpoint carries
 the key, so a resumed run draws the same masks too.
 """
@@ -49,7 +50,7 @@ from edge_rnn.prefix import OBJECTIVES, PrefixRanges
 CHECKPOINT = "checkpoint"
 OPTIMIZER, STEP, AVERAGE = "optimizer.safetensors", "step.json", "average.safetensors"
 # settings a train.json written before they existed trained without: a resumed old run stays the run it was
-BEFORE_THEY_EXISTED = {"weight_decay": 0.0, "ema": 0.0}
+BEFORE_THEY_EXISTED = {"weight_decay": 0.0, "ema": 0.0, "rechunk": False}
 LOG = "train.log"
 
 
@@ -77,6 +78,7 @@ class TrainConfig:
     dropout: float = 0.0  # rate on the non-recurrent connections (model.Dropout); 0: none
     weight_decay: float = 0.1  # decoupled, on matrices only (MatrixAdamW); 0: plain Adam (issue 14: +0.5 pt valid top-1)
     ema: float = 0.998  # weight average that validation and the saved model use (WeightAverage); 0: the last weights
+    rechunk: bool = False  # cut the training text at other word boundaries each epoch (Dataset.rechunked)
     objective: str = "word"  # "word": the article's cross-entropy; "prefix": over the typed prefix's words (edge_rnn.prefix)
 
     def __post_init__(self):
@@ -110,14 +112,19 @@ def data_position(data: Dataset, step: int, batch_size: int) -> tuple[int, int]:
     return divmod(step, max(len(data) // batch_size, 1))
 
 
-def batch_at(data: Dataset, step: int, batch_size: int, seed: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+def batch_at(data: Dataset, step: int, batch_size: int, seed: int, max_len: int,
+             rechunk: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The training batch of ``step``: epoch ``e`` uses permutation ``rng(seed + e)``.
 
-    Batches are padded to ``max_len`` so every step has one shape and compiles once.
+    With ``rechunk`` epoch ``e`` draws from ``data.rechunked(seed + e)``, the text cut at other
+    word boundaries; an epoch keeps ``len(data) // batch_size`` batches, so the few extra
+    observations of a cut wait for another epoch. Batches are padded to ``max_len`` so every step
+    has one shape and compiles once.
     """
     epoch, k = data_position(data, step, batch_size)
-    order = np.random.default_rng(seed + epoch).permutation(len(data))
-    ids, targets = data.batch(order[k * batch_size : (k + 1) * batch_size])
+    view = data.rechunked(seed + epoch, max_len) if rechunk else data
+    order = np.random.default_rng(seed + epoch).permutation(len(view))
+    ids, targets = view.batch(order[k * batch_size : (k + 1) * batch_size])
     pad = max_len - ids.shape[1]
     return np.pad(ids, ((0, 0), (0, pad))), np.pad(targets, ((0, 0), (0, pad)))
 
@@ -301,6 +308,8 @@ def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resum
     starting step and RNG key of a run."""
     if config.objective == "prefix" and model_config.task != "autocomplete":  # before anything is written
         raise EdgeRNNError("the prefix objective needs an autocomplete model (its outputs are words)")
+    if config.rechunk and model_config.task != "autocomplete":
+        raise EdgeRNNError("rechunk needs an autocomplete model (next-symbol targets depend on the cut)")
     run_dir = Path(run_dir)
     if ranks.main:
         recover_dir(run_dir / CHECKPOINT)
@@ -488,7 +497,8 @@ def _loop(model, optimizer, average, splits, config, run_dir, start, key, step_f
     window, valid, saved_at = Window(), {}, time.perf_counter()
     with Interrupt() as interrupt:
         for step in range(start + 1, config.steps + 1):
-            ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
+            ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len,
+                                    config.rechunk)
             elapsed = _elapsed(started, config, ranks)
             optimizer.learning_rate = schedule.learning_rate(config, step, elapsed)
             step_key = ranges = None

@@ -221,6 +221,8 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay,
                     help="decoupled weight decay on the matrices")
     ap.add_argument("--ema", type=float, default=TrainConfig.ema, help="decay of the weight average the model is saved as")
+    ap.add_argument("--rechunk", action=argparse.BooleanOptionalAction, default=TrainConfig.rechunk,
+                    help="cut the training text at other word boundaries each epoch")
     ap.add_argument("--head-dim", type=int, help="override the preset's bottleneck before the head (0: none)")
     ap.add_argument("--objective", default="word", help="training objective: word (every word) or prefix "
                     "(the typed prefix's words; edge_rnn.prefix)")
@@ -243,7 +245,8 @@ def main() -> None:
           f"{'' if args.head_dim is None else f', head_dim {args.head_dim}'}"
           f"{f', dropout {args.dropout:g}' if args.dropout else ''}"
           f"{f', weight decay {args.weight_decay:g}' if args.weight_decay else ''}"
-          f"{f', weight average {args.ema:g}' if args.ema else ''}, {args.minutes:g} min budget",
+          f"{f', weight average {args.ema:g}' if args.ema else ''}{', rechunked' if args.rechunk else ''}, "
+          f"{args.minutes:g} min budget",
           flush=True)
     stream, rest = held_out(args.stream_words)
     with tempfile.TemporaryDirectory() as scratch:
@@ -259,7 +262,7 @@ def main() -> None:
             run = tmp / "run"
             t0 = time.perf_counter()
             final = train(config, TrainConfig(corpus=str(corpus), steps=10**9, batch_size=args.batch_size, lr=args.lr,
-                                              dropout=args.dropout, weight_decay=args.weight_decay, ema=args.ema,
+                                              dropout=args.dropout, weight_decay=args.weight_decay, ema=args.ema, rechunk=args.rechunk,
                                               objective=args.objective,
                                               eval_every=args.eval_every,
                                               minutes=args.minutes), run)

@@ -223,6 +223,41 @@ def test_vocabulary_counts_the_training_split_only():
     assert set(np.unique(small.train.targets).tolist()) == {UNK, 2, 3, 4}
 
 
+def test_follows_marks_observations_that_continue_the_previous_one_in_the_text():
+    text = grid_text([[marker(i), "aaaa", "bbbb", "cccc"] for i in range(200)])
+    s = autocomplete_splits(text, vocab_size=300, max_len=20, seed=1)  # one observation per marker
+    for ds in (s.train, s.valid, s.test):
+        number = {marker(i): i for i in range(200)}  # the observation's place in the text
+        rows = np.array([number[o.split()[0]] for o in observations(ds)])
+        assert ds.follows.tolist() == [False] + (np.diff(rows) == 1).tolist()
+
+
+def test_rechunked_cuts_the_same_text_at_other_word_boundaries(demo):
+    train = autocomplete_splits(demo[:60_000], vocab_size=100, max_len=40).train
+    runs = train.starts[~train.follows]
+    cuts = [train.rechunked(seed, 40) for seed in range(4)]
+    for cut in cuts:
+        assert cut.chars is train.chars and cut.targets is train.targets
+        # the whole stream, once, in order; whole words of at most 40 characters
+        assert cut.starts[0] == 0 and cut.starts[-1] + cut.lengths[-1] == len(train.chars)
+        np.testing.assert_array_equal(cut.starts[1:], cut.starts[:-1] + cut.lengths[:-1])
+        assert all(o.startswith(" ") and len(o) <= 40 for o in observations(cut))
+        # runs of contiguous text are kept, so no observation joins text that was not adjacent
+        np.testing.assert_array_equal(cut.starts[~cut.follows], runs)
+        assert len(cut) >= len(train)
+        # after its first observation a run is packed greedily: the next word would not have fitted
+        words = observations(cut)
+        for k in np.flatnonzero(cut.follows[:-1] & cut.follows[1:]):  # k and k + 1 in one run, k not its first
+            assert len(words[k]) + len(words[k + 1].split(" ")[1]) + 1 > 40
+    assert not np.array_equal(cuts[0].starts, cuts[1].starts)
+    assert not np.isin(cuts[0].starts, train.starts).all()
+    again = autocomplete_splits(demo[:60_000], vocab_size=100, max_len=40).train.rechunked(0, 40)
+    np.testing.assert_array_equal(again.starts, cuts[0].starts)  # a pure function of the seed
+    assert train.rechunked(3, 40) is cuts[3]  # kept: an epoch asks once per batch
+    with pytest.raises(ValueError, match="follows"):
+        encode_autocomplete(demo[:5_000], Vocab.from_counts(["the"]), 40).rechunked(0, 40)
+
+
 # ---------------------------------------------------------------- batches
 
 

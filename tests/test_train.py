@@ -38,18 +38,20 @@ def test_run_dir_holds_config_weights_vocab_metrics(trained):
     assert len(vocab) == model.config.n_outputs == final["vocab_size"] + 2
 
 
-@pytest.mark.parametrize("dropout,weight_decay,ema", [(0.0, 0.0, 0.0), (0.3, 0.0, 0.0), (0.0, 0.1, 0.0),
-                                                      (0.0, 0.0, 0.9)])
-def test_resume_replays_the_uninterrupted_run_exactly(tmp_path, corpus, dropout, weight_decay, ema):
+@pytest.mark.parametrize("dropout,weight_decay,ema,rechunk", [(0.0, 0.0, 0.0, False), (0.3, 0.0, 0.0, False),
+                                                              (0.0, 0.1, 0.0, False), (0.0, 0.0, 0.9, False),
+                                                              (0.0, 0.0, 0.0, True)])
+def test_resume_replays_the_uninterrupted_run_exactly(tmp_path, corpus, dropout, weight_decay, ema, rechunk):
     """Also with dropout (the checkpoint carries the key of the masks still to come), with weight
-    decay (the resumed run's optimizer is built from train.json) and with a weight average (the
-    checkpoint carries it; the saved models compared here are the averages)."""
+    decay (the resumed run's optimizer is built from train.json), with a weight average (the
+    checkpoint carries it; the saved models compared here are the averages) and with the text cut
+    anew each epoch (the cut is a function of the seed and the epoch)."""
     cfg = load_preset("tiny")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     # constant rate: the default cosine is fitted to --steps, so a 3-step run extended to 6 on
     # resume decays differently from a 6-step run by design
     settings = dict(corpus=corpus, batch_size=4, eval_every=3, eval_batches=1, schedule="constant", dropout=dropout,
-                    weight_decay=weight_decay, ema=ema)
+                    weight_decay=weight_decay, ema=ema, rechunk=rechunk)
     train(cfg, TrainConfig(steps=6, **settings), straight)
     train(cfg, TrainConfig(steps=3, **settings), resumed)
     train(cfg, TrainConfig(steps=6), resumed, resume=True)  # settings come from the run's train.json
@@ -77,6 +79,27 @@ def test_batches_are_a_pure_function_of_seed_and_step(corpus):
     assert a[0].shape == (8, 200)
     np.testing.assert_array_equal(a[0], b[0])
     assert not np.array_equal(a[0], c[0])
+
+
+def test_rechunked_batches_draw_each_epoch_from_its_own_cut():
+    splits = make_splits(demo_corpus(500), "autocomplete", 100)
+    data, per_epoch = splits.train, len(splits.train) // 8
+    a = batch_at(data, 7, 8, seed=3, max_len=200, rechunk=True)
+    np.testing.assert_array_equal(a[0], batch_at(data, 7, 8, seed=3, max_len=200, rechunk=True)[0])
+    assert not np.array_equal(a[0], batch_at(data, 7, 8, seed=3, max_len=200)[0])
+    for step, epoch in ((7, 0), (per_epoch + 2, 1)):
+        ids, targets = batch_at(data, step, 8, seed=3, max_len=200, rechunk=True)
+        cut = data.rechunked(3 + epoch, 200)
+        rows = {tuple(x[x > 0]) for x in cut.batch(np.arange(len(cut)))[0]}
+        assert all(tuple(x[x > 0]) in rows for x in ids)  # observations of this epoch's cut
+        assert ids.shape == targets.shape == (8, 200)
+
+
+def test_rechunk_needs_word_targets(tmp_path):
+    with pytest.raises(EdgeRNNError, match="rechunk needs an autocomplete model"):
+        prepare(ModelConfig(cell="gru", units=8, embed_dim=4, task="charlm"), TrainConfig(rechunk=True),
+                tmp_path / "run", resume=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_evaluate_counts_unk_as_miss_and_masks_it_from_ce():
