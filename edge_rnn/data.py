@@ -415,7 +415,8 @@ class Dataset:
         if self.follows is None:
             raise ValueError("rechunked needs follows: which observations continue the previous one")
         word_starts = np.flatnonzero(self.chars == SPACE)
-        costs = np.diff(np.append(word_starts, self.starts[-1] + self.lengths[-1]))
+        ends_at = np.append(word_starts, self.starts[-1] + self.lengths[-1])  # word k spans ends_at[k:k+2]
+        costs = np.diff(ends_at)
         first_word = np.append(np.searchsorted(word_starts, self.starts), len(word_starts))
         runs = np.append(np.flatnonzero(~self.follows), len(self))
         rng = np.random.default_rng([1, seed])  # not the epoch's permutation stream
@@ -427,7 +428,6 @@ class Dataset:
             follows.append(np.arange(len(cuts)) > 0)
         bounds = np.concatenate(bounds)
         ends = np.append(bounds[1:], len(word_starts))
-        ends_at = np.append(word_starts, self.starts[-1] + self.lengths[-1])
         starts = word_starts[bounds]
         cut = Dataset(self.chars, self.targets, starts, ends_at[ends] - starts, np.concatenate(follows))
         self._last_cut = (seed, max_len, cut)
@@ -522,11 +522,11 @@ def _split(chars: np.ndarray, targets: np.ndarray, lengths: np.ndarray,
     char_split = np.repeat(split, lengths)
     out = []
     for k in range(3):
-        sub = lengths[split == k]
+        index = np.flatnonzero(split == k)
+        sub = lengths[index]
         starts = np.concatenate([[0], np.cumsum(sub)[:-1]]).astype(np.int64)
         mask = char_split == k
-        index = np.flatnonzero(split == k)
-        follows = np.diff(index, prepend=-2) == 1
+        follows = np.diff(index, prepend=-2) == 1  # observation i + 1 of the text after observation i
         out.append(Dataset(chars[mask], targets[mask], starts, sub.astype(np.int64), follows))
     return out
 
