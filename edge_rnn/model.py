@@ -121,10 +121,16 @@ class RNNModel(nn.Module):
     def output(self, h: mx.array, rows: mx.array | None = None) -> mx.array:
         """Logits from the last layer's output ``h`` (..., H); of the head's ``rows`` only, in
         that order, when given (the prefix objective takes them in sorted-word order)."""
-        h = self.bottleneck(h) if self.config.head_dim else h
+        return self.head_logits(self.head_input(h), rows)
+
+    def head_input(self, h: mx.array) -> mx.array:
+        """What the head reads: ``h`` through the bottleneck when there is one."""
+        return self.bottleneck(h) if self.config.head_dim else h
+
+    def head_logits(self, x: mx.array, rows: mx.array | None = None) -> mx.array:
         if rows is None:
-            return self.head(h)
-        return h @ self.head.weight[rows].T + self.head.bias[rows]
+            return self.head(x)
+        return x @ self.head.weight[rows].T + self.head.bias[rows]
 
     def embed(self, ids: mx.array) -> mx.array:
         table = mx.concatenate([mx.zeros((1, self.config.embed_dim)), self.embedding])
@@ -172,17 +178,20 @@ class RNNModel(nn.Module):
         return weights
 
     def loss(self, ids: mx.array, targets: mx.array, dropout: Dropout | None = None,
-             prefix: tuple[mx.array, mx.array] | None = None) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+             prefix: tuple[mx.array, mx.array] | None = None,
+             teacher: tuple | None = None) -> tuple[mx.array, tuple[mx.array, mx.array]]:
         """Mean cross-entropy over the tokens that carry loss; also (their count, top-1 hits).
 
         The extra outputs ride along so that training can show accuracy without a second forward.
         ``prefix``: ``(order, ranges)`` of the prefix objective (``edge_rnn.prefix``): the head's
         rows in ``order``, each token's softmax over its ``ranges`` (B, T, 2) of them, and
-        ``targets`` given as positions in ``order``.
+        ``targets`` given as positions in ``order``. ``teacher``: ``(alpha, at, words, probs)`` of
+        ``edge_rnn.distill`` (``teacher_term``).
         """
         h, _ = self.features(ids, dropout=dropout)
         order, ranges = prefix if prefix is not None else (None, None)
-        logits = self.output(h, order)
+        x = self.head_input(h)
+        logits = self.head_logits(x, order)
         weights = self.loss_weights(targets)
         if all(cell.manual_backward for cell in self.layers):  # fast path: fused softmax backward
             ce, top1 = cross_entropy(logits, targets, ranges)
@@ -192,7 +201,23 @@ class RNNModel(nn.Module):
             ce, top1 = nn.losses.cross_entropy(logits, targets, reduction="none"), logits.argmax(axis=-1)
         n = mx.maximum(weights.sum(), 1)
         hits = ((top1 == targets) & weights).sum()
-        return (ce * weights).sum() / n, (n, hits)
+        total = (ce * weights).sum()
+        if teacher is not None:
+            total = total + self.teacher_term(x, targets, weights, *teacher)
+        return total / n, (n, hits)
+
+    def teacher_term(self, x: mx.array, targets: mx.array, weights: mx.array, alpha: float, at: mx.array,
+                     words: mx.array, probs: mx.array) -> mx.array:
+        """What the trigram teacher adds to the summed loss (``edge_rnn.distill``): at each slot's
+        column ``at`` (B, S), ``alpha (z[target] - sum_k probs_k z[words_k])``, which turns that
+        position's target into ``(1 - alpha) onehot + alpha probs``. ``x``: the head's input."""
+        W, b = self.head.weight, self.head.bias
+        x = mx.take_along_axis(x, at[..., None], axis=1)  # (B, S, D)
+        gold = mx.take_along_axis(targets, at, axis=1)
+        z_gold = (x * W[gold]).sum(-1) + b[gold]
+        z_teacher = (x[..., None, :] @ W[words].swapaxes(-1, -2))[..., 0, :] + b[words]  # (B, S, K)
+        used = mx.take_along_axis(weights, at, axis=1) & (probs.sum(-1) > 0)
+        return alpha * (used * (z_gold - (probs * z_teacher).sum(-1))).sum()
 
     def recurrent_parameters(self) -> int:
         return sum(v.size for cell in self.layers for _, v in tree_flatten(cell.parameters()))

@@ -41,6 +41,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from edge_rnn import distributed, schedule
 from edge_rnn import model as modeling
 from edge_rnn.data import Dataset, Splits, load_corpus, make_splits
+from edge_rnn.distill import Teacher
 from edge_rnn.evaluate import evaluate
 from edge_rnn.faults import crash_point
 from edge_rnn.io import EdgeRNNError, atomic_dir, atomic_write_text, check_safetensors, recover_dir
@@ -50,7 +51,7 @@ from edge_rnn.prefix import OBJECTIVES, PrefixRanges
 CHECKPOINT = "checkpoint"
 OPTIMIZER, STEP, AVERAGE = "optimizer.safetensors", "step.json", "average.safetensors"
 # settings a train.json written before they existed trained without: a resumed old run stays the run it was
-BEFORE_THEY_EXISTED = {"weight_decay": 0.0, "ema": 0.0, "rechunk": False}
+BEFORE_THEY_EXISTED = {"weight_decay": 0.0, "ema": 0.0, "rechunk": False, "distill": 0.0}
 LOG = "train.log"
 
 
@@ -79,6 +80,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # decoupled, on matrices only (MatrixAdamW); 0: plain Adam (issue 14: +0.5 pt valid top-1)
     ema: float = 0.998  # weight average that validation and the saved model use (WeightAverage); 0: the last weights
     rechunk: bool = False  # cut the training text at other word boundaries each epoch (Dataset.rechunked)
+    distill: float = 0.0  # weight of the KN trigram teacher in the target at word boundaries (edge_rnn.distill); 0: none
     objective: str = "word"  # "word": the article's cross-entropy; "prefix": over the typed prefix's words (edge_rnn.prefix)
 
     def __post_init__(self):
@@ -96,6 +98,10 @@ class TrainConfig:
             raise EdgeRNNError(f"ema must be in [0, 1), got {self.ema}")
         if not 0 <= self.dropout < 1:
             raise EdgeRNNError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.distill <= 1:
+            raise EdgeRNNError(f"distill must be in [0, 1], got {self.distill}")
+        if self.distill and self.objective != "word":
+            raise EdgeRNNError("distill needs the word objective (the teacher's words are head rows)")
         if self.objective not in OBJECTIVES:
             raise EdgeRNNError(f"unknown objective {self.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
         if self.schedule not in schedule.SCHEDULES:
@@ -112,32 +118,48 @@ def data_position(data: Dataset, step: int, batch_size: int) -> tuple[int, int]:
     return divmod(step, max(len(data) // batch_size, 1))
 
 
-def batch_at(data: Dataset, step: int, batch_size: int, seed: int, max_len: int,
-             rechunk: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The training batch of ``step``: epoch ``e`` uses permutation ``rng(seed + e)``.
+def rows_at(data: Dataset, step: int, batch_size: int, seed: int, max_len: int,
+            rechunk: bool = False) -> tuple[Dataset, np.ndarray]:
+    """The observations of ``step``'s batch: ``(view, idx)``, ``view`` being ``data`` or its cut.
 
-    With ``rechunk`` epoch ``e`` draws from ``data.rechunked(seed + e)``, the text cut at other
-    word boundaries; an epoch keeps ``len(data) // batch_size`` batches, so the few extra
-    observations of a cut wait for another epoch. Batches are padded to ``max_len`` so every step
-    has one shape and compiles once.
+    Epoch ``e`` uses permutation ``rng(seed + e)``. With ``rechunk`` epoch ``e`` draws from
+    ``data.rechunked(seed + e)``, the text cut at other word boundaries; an epoch keeps
+    ``len(data) // batch_size`` batches, so the few extra observations of a cut wait for another
+    epoch.
     """
     epoch, k = data_position(data, step, batch_size)
     view = data.rechunked(seed + epoch, max_len) if rechunk else data
     order = np.random.default_rng(seed + epoch).permutation(len(view))
-    ids, targets = view.batch(order[k * batch_size : (k + 1) * batch_size])
+    return view, order[k * batch_size : (k + 1) * batch_size]
+
+
+def batch_at(data: Dataset, step: int, batch_size: int, seed: int, max_len: int,
+             rechunk: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The training batch of ``step`` (``rows_at``), padded to ``max_len`` so every step has one
+    shape and compiles once."""
+    view, idx = rows_at(data, step, batch_size, seed, max_len, rechunk)
+    ids, targets = view.batch(idx)
     pad = max_len - ids.shape[1]
     return np.pad(ids, ((0, 0), (0, pad))), np.pad(targets, ((0, 0), (0, pad)))
 
 
+def teacher_at(teacher: Teacher, data: Dataset, step: int, batch_size: int, seed: int, max_len: int,
+               rechunk: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The trigram teacher of ``step``'s batch (``Teacher.batch``), row for row with ``batch_at``."""
+    view, idx = rows_at(data, step, batch_size, seed, max_len, rechunk)
+    return teacher.batch(view, idx, max_len)
+
+
 def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None,
               ranks: distributed.Ranks = distributed.Ranks(None), dropout: float = 0.0,
-              batch_size: int | None = None, order: np.ndarray | None = None) -> Callable:
+              batch_size: int | None = None, order: np.ndarray | None = None, distill: float = 0.0) -> Callable:
     """One compiled update: loss, gradients (averaged over ranks, clipped if asked), Adam.
 
     ``step(ids, targets)``; with ``dropout`` > 0, ``step(ids, targets, key)``: the key of this
     step's masks drawn over the global batch of ``batch_size`` rows (this rank's rows of it).
     With the prefix objective's ``order`` (``PrefixRanges.order``), ``step(ids, targets, key,
-    ranges)`` with targets as positions in that order (``PrefixRanges.batch``).
+    ranges)`` with targets as positions in that order (``PrefixRanges.batch``). With ``distill``
+    > 0, ``step(ids, targets, key, ranges, teacher)``: ``teacher_at``'s arrays, weighted ``distill``.
     """
     loss_and_grad = nn.value_and_grad(model, model.loss)
     state = [model.state, optimizer.state]
@@ -145,10 +167,11 @@ def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None,
     head_order = None if order is None else mx.array(order)
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def step(ids, targets, key=None, ranges=None):
+    def step(ids, targets, key=None, ranges=None, teacher=None):
         masks = modeling.Dropout(dropout, key, batch_size, rows) if dropout else None
         prefix = None if head_order is None else (head_order, ranges)
-        (loss, (n, hits)), grads = loss_and_grad(ids, targets, masks, prefix)
+        teacher = None if teacher is None else (distill, *teacher)
+        (loss, (n, hits)), grads = loss_and_grad(ids, targets, masks, prefix, teacher)
         loss, n, hits, grads = distributed.reduce_step(loss, n, hits, grads, ranks)
         if clip is not None:
             grads, _ = optim.clip_grad_norm(grads, clip)
@@ -310,6 +333,8 @@ def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resum
         raise EdgeRNNError("the prefix objective needs an autocomplete model (its outputs are words)")
     if config.rechunk and model_config.task != "autocomplete":
         raise EdgeRNNError("rechunk needs an autocomplete model (next-symbol targets depend on the cut)")
+    if config.distill and model_config.task != "autocomplete":
+        raise EdgeRNNError("distill needs an autocomplete model (its teacher is a word trigram)")
     run_dir = Path(run_dir)
     if ranks.main:
         recover_dir(run_dir / CHECKPOINT)
@@ -472,11 +497,12 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
     if not ranks.main:
         progress = echo = None
     prefix = PrefixRanges.from_vocab(splits.vocab) if config.objective == "prefix" else None
+    teacher = Teacher.build(splits.train, splits.vocab) if config.distill else None
     step_fn = make_step(model, optimizer, config.clip, ranks, config.dropout, config.batch_size,
-                        None if prefix is None else prefix.order)
+                        None if prefix is None else prefix.order, config.distill)
     try:
         return _loop(model, optimizer, average, splits, config, run_dir, start, key, step_fn, ranks, rows, progress,
-                     echo, prefix)
+                     echo, prefix, teacher)
     except RuntimeError as err:
         if distributed.peer_lost(err):
             raise distributed.PeerLost(ranks, err) from None
@@ -484,7 +510,7 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
 
 
 def _loop(model, optimizer, average, splits, config, run_dir, start, key, step_fn, ranks, rows, progress, echo,
-          prefix: PrefixRanges | None) -> dict:
+          prefix: PrefixRanges | None, teacher: Teacher | None) -> dict:
     """Steps, validation and checkpoints (rank 0 writes) until the steps or the minutes run out."""
     started = time.perf_counter()
     log = (ProgressLog(run_dir, start, config.steps, config.log_seconds, echo, config.minutes)
@@ -492,7 +518,10 @@ def _loop(model, optimizer, average, splits, config, run_dir, start, key, step_f
     if log:
         log.write(f"{'resuming from step ' + str(start) if start else 'starting'}: {config.steps} steps, "
                   f"{len(splits.train):,} training sequences"
-                  + (f", {ranks.size} ranks x {config.batch_size // ranks.size} rows" if ranks.size > 1 else ""))
+                  + (f", {ranks.size} ranks x {config.batch_size // ranks.size} rows" if ranks.size > 1 else "")
+                  + (f", trigram teacher x {config.distill:g} ({len(teacher.words):,} histories, its top "
+                     f"{teacher.words.shape[1]} words {teacher.mass:.0%} of its probability, built in "
+                     f"{teacher.seconds:.1f} s)" if teacher else ""))
     crash_point("start")
     window, valid, saved_at = Window(), {}, time.perf_counter()
     with Interrupt() as interrupt:
@@ -507,7 +536,11 @@ def _loop(model, optimizer, average, splits, config, run_dir, start, key, step_f
             if prefix is not None:
                 targets, ranges = prefix.batch(ids, targets)
                 ranges = mx.array(ranges[rows])
-            loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]), step_key, ranges)
+            step_teacher = None
+            if teacher is not None:
+                step_teacher = tuple(mx.array(a[rows]) for a in teacher_at(
+                    teacher, splits.train, step - 1, config.batch_size, config.seed, config.max_len, config.rechunk))
+            loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]), step_key, ranges, step_teacher)
             crash_point("step")
             # the loss is read first: a rank lost in the step's all-reduce raises there, while
             # evaluating the weights first (the average's update) hangs in MLX 0.32's ring backend
