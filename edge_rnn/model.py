@@ -188,7 +188,15 @@ class RNNModel(nn.Module):
         ``targets`` given as positions in ``order``. ``teacher``: ``(alpha, at, words, probs)`` of
         ``edge_rnn.distill`` (``teacher_term``).
         """
-        h, _ = self.features(ids, dropout=dropout)
+        loss, (n, hits, _) = self.stream_loss(ids, targets, None, dropout, prefix, teacher)
+        return loss, (n, hits)
+
+    def stream_loss(self, ids: mx.array, targets: mx.array, state: list[State] | None,
+                    dropout: Dropout | None = None, prefix: tuple[mx.array, mx.array] | None = None,
+                    teacher: tuple | None = None) -> tuple[mx.array, tuple[mx.array, mx.array, list[State]]]:
+        """``loss`` from ``state`` (None: zero), also returning the final state: stateful
+        training carries it into the next window of the same text (truncated BPTT)."""
+        h, state = self.features(ids, state, dropout=dropout)
         order, ranges = prefix if prefix is not None else (None, None)
         x = self.head_input(h)
         logits = self.head_logits(x, order)
@@ -204,7 +212,7 @@ class RNNModel(nn.Module):
         total = (ce * weights).sum()
         if teacher is not None:
             total = total + self.teacher_term(x, targets, weights, *teacher)
-        return total / n, (n, hits)
+        return total / n, (n, hits, state)
 
     def teacher_term(self, x: mx.array, targets: mx.array, weights: mx.array, alpha: float, at: mx.array,
                      words: mx.array, probs: mx.array) -> mx.array:

@@ -50,8 +50,9 @@ from edge_rnn.prefix import OBJECTIVES, PrefixRanges
 
 CHECKPOINT = "checkpoint"
 OPTIMIZER, STEP, AVERAGE = "optimizer.safetensors", "step.json", "average.safetensors"
+CARRY = "carry.safetensors"  # stateful training: the state each batch row carries into the next step
 # settings a train.json written before they existed trained without: a resumed old run stays the run it was
-BEFORE_THEY_EXISTED = {"weight_decay": 0.0, "ema": 0.0, "rechunk": False, "distill": 0.0}
+BEFORE_THEY_EXISTED = {"weight_decay": 0.0, "ema": 0.0, "rechunk": False, "distill": 0.0, "stateful": False}
 LOG = "train.log"
 
 
@@ -80,6 +81,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # decoupled, on matrices only (MatrixAdamW); 0: plain Adam (issue 14: +0.5 pt valid top-1)
     ema: float = 0.998  # weight average that validation and the saved model use (WeightAverage); 0: the last weights
     rechunk: bool = False  # cut the training text at other word boundaries each epoch (Dataset.rechunked)
+    stateful: bool = False  # rows are lanes of the training text, each step its next window, the state carried (stream_at)
     distill: float = 0.0  # weight of the KN trigram teacher in the target at word boundaries (edge_rnn.distill); 0: none
     objective: str = "word"  # "word": the article's cross-entropy; "prefix": over the typed prefix's words (edge_rnn.prefix)
 
@@ -100,6 +102,8 @@ class TrainConfig:
             raise EdgeRNNError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.distill <= 1:
             raise EdgeRNNError(f"distill must be in [0, 1], got {self.distill}")
+        if self.stateful and self.rechunk:
+            raise EdgeRNNError("stateful and rechunk exclude each other (stateful windows ignore observations)")
         if self.distill and self.objective != "word":
             raise EdgeRNNError("distill needs the word objective (the teacher's words are head rows)")
         if self.objective not in OBJECTIVES:
@@ -150,9 +154,34 @@ def teacher_at(teacher: Teacher, data: Dataset, step: int, batch_size: int, seed
     return teacher.batch(view, idx, max_len)
 
 
+def stream_at(data: Dataset, step: int, batch_size: int, seed: int,
+              max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stateful training's batch of ``step``: ``(ids, targets, fresh)``, ``(B, max_len)`` and
+    ``(B,)``.
+
+    The training text (its observations end to end, as they follow in the corpus but for the
+    ones held out) is cut into ``batch_size`` lanes, and row ``b`` of consecutive steps reads
+    consecutive ``max_len``-character windows of lane ``b``, so the state a row ends a step with
+    is the state its next window starts from (truncated BPTT). Epoch ``e`` shifts every window by
+    ``rng(seed + e)``'s offset below ``max_len``, so words meet other window edges; ``fresh``
+    marks the rows whose state starts at zero: every row in an epoch's first step.
+    """
+    lane = len(data.chars) // batch_size
+    per_epoch = lane // max_len - 1
+    if per_epoch < 1:
+        raise EdgeRNNError(f"stateful training needs at least {2 * max_len * batch_size:,} training characters "
+                           f"({2 * max_len} per row of a batch of {batch_size}); this corpus has {len(data.chars):,}")
+    epoch, k = divmod(step, per_epoch)
+    offset = int(np.random.default_rng(seed + epoch).integers(max_len))
+    pos = (np.arange(batch_size) * lane + offset + k * max_len)[:, None] + np.arange(max_len)
+    fresh = np.full(batch_size, k == 0)
+    return data.chars[pos].astype(np.int32), data.targets[pos].astype(np.int32), fresh
+
+
 def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None,
               ranks: distributed.Ranks = distributed.Ranks(None), dropout: float = 0.0,
-              batch_size: int | None = None, order: np.ndarray | None = None, distill: float = 0.0) -> Callable:
+              batch_size: int | None = None, order: np.ndarray | None = None, distill: float = 0.0,
+              stateful: bool = False) -> Callable:
     """One compiled update: loss, gradients (averaged over ranks, clipped if asked), Adam.
 
     ``step(ids, targets)``; with ``dropout`` > 0, ``step(ids, targets, key)``: the key of this
@@ -160,23 +189,28 @@ def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None,
     With the prefix objective's ``order`` (``PrefixRanges.order``), ``step(ids, targets, key,
     ranges)`` with targets as positions in that order (``PrefixRanges.batch``). With ``distill``
     > 0, ``step(ids, targets, key, ranges, teacher)``: ``teacher_at``'s arrays, weighted ``distill``.
+    ``stateful``: ``step(..., carry)`` starts from the state ``carry`` and returns the final one
+    after ``(loss, n, hits)``.
     """
-    loss_and_grad = nn.value_and_grad(model, model.loss)
+    loss_and_grad = nn.value_and_grad(model, model.stream_loss if stateful else model.loss)
     state = [model.state, optimizer.state]
     rows = distributed.shard(batch_size, ranks) if dropout else None
     head_order = None if order is None else mx.array(order)
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def step(ids, targets, key=None, ranges=None, teacher=None):
+    def step(ids, targets, key=None, ranges=None, teacher=None, carry=None):
         masks = modeling.Dropout(dropout, key, batch_size, rows) if dropout else None
         prefix = None if head_order is None else (head_order, ranges)
         teacher = None if teacher is None else (distill, *teacher)
-        (loss, (n, hits)), grads = loss_and_grad(ids, targets, masks, prefix, teacher)
+        if stateful:
+            (loss, (n, hits, carry)), grads = loss_and_grad(ids, targets, carry, masks, prefix, teacher)
+        else:
+            (loss, (n, hits)), grads = loss_and_grad(ids, targets, masks, prefix, teacher)
         loss, n, hits, grads = distributed.reduce_step(loss, n, hits, grads, ranks)
         if clip is not None:
             grads, _ = optim.clip_grad_norm(grads, clip)
         optimizer.update(model, grads)
-        return loss, n, hits
+        return (loss, n, hits, carry) if stateful else (loss, n, hits)
 
     return step
 
@@ -256,11 +290,13 @@ def _log(run_dir: Path, record: dict) -> None:
 
 
 def save_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, step: int, splits: Splits,
-                    config: TrainConfig, key: mx.array, average: WeightAverage | None = None) -> None:
+                    config: TrainConfig, key: mx.array, average: WeightAverage | None = None,
+                    carry: list | None = None) -> None:
     """Save the model where ``eval``/``export`` look (the weight average if the run keeps one),
     then the resume set as one folder.
 
-    ``checkpoint/`` (raw weights, their average, optimizer state, step, data position, RNG key) is
+    ``checkpoint/`` (raw weights, their average, optimizer state, step, data position, RNG key,
+    and a stateful run's carried state) is
     built aside and renamed into place, so a crash at any moment leaves a complete older or newer checkpoint, never
     a mix of the two; it is the truth a resume starts from (the model files may be one save newer:
     a resume replaces their weights with the checkpoint's).
@@ -274,6 +310,8 @@ def save_checkpoint(run_dir: Path, model: RNNModel, optimizer: optim.Optimizer, 
     trees = {modeling.WEIGHTS: model.parameters(), OPTIMIZER: optimizer.state}
     if average is not None:
         trees[AVERAGE] = average.params
+    if carry is not None:
+        trees[CARRY] = carry
     with atomic_dir(run_dir / CHECKPOINT, force=True) as tmp:
         for name, tree in trees.items():
             mx.save_safetensors(str(tmp / name), dict(tree_flatten(tree)))
@@ -486,6 +524,8 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
         # 100-500 MB logits and gradients came fresh from the OS: seconds per step, measured
         mx.set_cache_limit(4 << 30)
     ranks = distributed.init(config.distributed)
+    if config.stateful and ranks.size > 1:
+        raise EdgeRNNError("stateful training runs on one process (its carried state is not sharded)")
     rows = distributed.shard(config.batch_size, ranks)
     config = TrainConfig.from_dict({**asdict(config), "ranks": ranks.size})
     model, optimizer, splits, config, average, start, key = prepare(model_config, config, run_dir, resume, ranks)
@@ -499,7 +539,7 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
     prefix = PrefixRanges.from_vocab(splits.vocab) if config.objective == "prefix" else None
     teacher = Teacher.build(splits.train, splits.vocab) if config.distill else None
     step_fn = make_step(model, optimizer, config.clip, ranks, config.dropout, config.batch_size,
-                        None if prefix is None else prefix.order, config.distill)
+                        None if prefix is None else prefix.order, config.distill, config.stateful)
     try:
         return _loop(model, optimizer, average, splits, config, run_dir, start, key, step_fn, ranks, rows, progress,
                      echo, prefix, teacher)
@@ -523,11 +563,16 @@ def _loop(model, optimizer, average, splits, config, run_dir, start, key, step_f
                      f"{teacher.words.shape[1]} words {teacher.mass:.0%} of its probability, built in "
                      f"{teacher.seconds:.1f} s)" if teacher else ""))
     crash_point("start")
+    carry = _carry(model, run_dir, start, config) if config.stateful else None
     window, valid, saved_at = Window(), {}, time.perf_counter()
     with Interrupt() as interrupt:
         for step in range(start + 1, config.steps + 1):
-            ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len,
-                                    config.rechunk)
+            if config.stateful:
+                ids, targets, fresh = stream_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
+                carry = [tuple(mx.where(mx.array(fresh)[:, None], 0, s) for s in layer) for layer in carry]
+            else:
+                ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len,
+                                        config.rechunk)
             elapsed = _elapsed(started, config, ranks)
             optimizer.learning_rate = schedule.learning_rate(config, step, elapsed)
             step_key = ranges = None
@@ -540,7 +585,8 @@ def _loop(model, optimizer, average, splits, config, run_dir, start, key, step_f
             if teacher is not None:
                 step_teacher = tuple(mx.array(a[rows]) for a in teacher_at(
                     teacher, splits.train, step - 1, config.batch_size, config.seed, config.max_len, config.rechunk))
-            loss, n, hits = step_fn(mx.array(ids[rows]), mx.array(targets[rows]), step_key, ranges, step_teacher)
+            out = step_fn(mx.array(ids[rows]), mx.array(targets[rows]), step_key, ranges, step_teacher, carry)
+            loss, n, hits, carry = out if config.stateful else (*out, None)
             crash_point("step")
             # the loss is read first: a rank lost in the step's all-reduce raises there, while
             # evaluating the weights first (the average's update) hangs in MLX 0.32's ring backend
@@ -561,12 +607,12 @@ def _loop(model, optimizer, average, splits, config, run_dir, start, key, step_f
                     _log(run_dir, {"step": step, "split": "train", **stats})
                     _log(run_dir, {"step": step, "split": "valid", **valid})
                     log.valid(step, valid)
-                    save_checkpoint(run_dir, model, optimizer, step, splits, config, key, average)
+                    save_checkpoint(run_dir, model, optimizer, step, splits, config, key, average, carry)
                 saved_at, window = time.perf_counter(), Window()
                 if progress:
                     progress(step, {**stats, "valid": valid})
             elif ranks.main and (interrupt.requested or time.perf_counter() - saved_at > 60 * config.checkpoint_minutes):
-                save_checkpoint(run_dir, model, optimizer, step, splits, config, key, average)
+                save_checkpoint(run_dir, model, optimizer, step, splits, config, key, average, carry)
                 saved_at = time.perf_counter()
             if interrupt.requested:
                 if log:
@@ -575,6 +621,20 @@ def _loop(model, optimizer, average, splits, config, run_dir, start, key, step_f
             if last:
                 break
     return {**valid, "steps": step, "vocab_size": model.config.vocab_size}
+
+
+def _carry(model: RNNModel, run_dir: Path, start: int, config: TrainConfig) -> list:
+    """The state a stateful run's rows carry into step ``start + 1``: zero at the start, else the
+    checkpoint's."""
+    carry = model.initial_state(config.batch_size)
+    if not start:
+        return carry
+    try:
+        saved = mx.load(str(run_dir / CHECKPOINT / CARRY))
+        return [tuple(layer) for layer in tree_unflatten(list(saved.items()))]
+    except Exception as err:
+        raise EdgeRNNError(f"{run_dir / CHECKPOINT} has no usable carried state ({type(err).__name__}); "
+                           "delete it to restart the run from step 0") from None
 
 
 def _elapsed(started: float, config: TrainConfig, ranks: distributed.Ranks) -> float:

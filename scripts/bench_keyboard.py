@@ -223,6 +223,8 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=TrainConfig.ema, help="decay of the weight average the model is saved as")
     ap.add_argument("--rechunk", action=argparse.BooleanOptionalAction, default=TrainConfig.rechunk,
                     help="cut the training text at other word boundaries each epoch")
+    ap.add_argument("--stateful", action=argparse.BooleanOptionalAction, default=TrainConfig.stateful,
+                    help="truncated BPTT over lanes of the training text, the state carried between steps")
     ap.add_argument("--distill", type=float, default=TrainConfig.distill,
                     help="weight of the KN trigram teacher at word boundaries (edge_rnn.distill)")
     ap.add_argument("--head-dim", type=int, help="override the preset's bottleneck before the head (0: none)")
@@ -248,7 +250,7 @@ def main() -> None:
           f"{f', dropout {args.dropout:g}' if args.dropout else ''}"
           f"{f', weight decay {args.weight_decay:g}' if args.weight_decay else ''}"
           f"{f', weight average {args.ema:g}' if args.ema else ''}{', rechunked' if args.rechunk else ''}"
-          f"{f', trigram teacher {args.distill:g}' if args.distill else ''}, "
+          f"{f', trigram teacher {args.distill:g}' if args.distill else ''}{', stateful' if args.stateful else ''}, "
           f"{args.minutes:g} min budget",
           flush=True)
     stream, rest = held_out(args.stream_words)
@@ -266,7 +268,7 @@ def main() -> None:
             t0 = time.perf_counter()
             final = train(config, TrainConfig(corpus=str(corpus), steps=10**9, batch_size=args.batch_size, lr=args.lr,
                                               dropout=args.dropout, weight_decay=args.weight_decay, ema=args.ema, rechunk=args.rechunk,
-                                              distill=args.distill,
+                                              distill=args.distill, stateful=args.stateful,
                                               objective=args.objective,
                                               eval_every=args.eval_every,
                                               minutes=args.minutes), run)
