@@ -1,8 +1,6 @@
 """Bundles ready for mobile runtimes: one copy of the weights for the step and prefill graphs
 (fp32, fp16, int8, prefix head), the ORT format with its operator list, fp16 straight from export."""
 
-import json
-
 import mlx.core as mx
 import numpy as np
 import onnx
