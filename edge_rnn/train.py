@@ -569,7 +569,8 @@ def _loop(model, optimizer, average, splits, config, run_dir, start, key, step_f
         for step in range(start + 1, config.steps + 1):
             if config.stateful:
                 ids, targets, fresh = stream_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len)
-                carry = [tuple(mx.where(mx.array(fresh)[:, None], 0, s) for s in layer) for layer in carry]
+                if fresh.all():  # an epoch's first step: every lane starts again
+                    carry = model.initial_state(config.batch_size)
             else:
                 ids, targets = batch_at(splits.train, step - 1, config.batch_size, config.seed, config.max_len,
                                         config.rechunk)
@@ -626,9 +627,8 @@ def _loop(model, optimizer, average, splits, config, run_dir, start, key, step_f
 def _carry(model: RNNModel, run_dir: Path, start: int, config: TrainConfig) -> list:
     """The state a stateful run's rows carry into step ``start + 1``: zero at the start, else the
     checkpoint's."""
-    carry = model.initial_state(config.batch_size)
     if not start:
-        return carry
+        return model.initial_state(config.batch_size)
     try:
         saved = mx.load(str(run_dir / CHECKPOINT / CARRY))
         return [tuple(layer) for layer in tree_unflatten(list(saved.items()))]
