@@ -102,8 +102,9 @@ class TrainConfig:
             raise EdgeRNNError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.distill <= 1:
             raise EdgeRNNError(f"distill must be in [0, 1], got {self.distill}")
-        if self.stateful and self.rechunk:
-            raise EdgeRNNError("stateful and rechunk exclude each other (stateful windows ignore observations)")
+        if self.stateful and (self.rechunk or self.distill):
+            raise EdgeRNNError(f"stateful and {'rechunk' if self.rechunk else 'distill'} exclude each other "
+                               "(stateful windows ignore observations)")
         if self.distill and self.objective != "word":
             raise EdgeRNNError("distill needs the word objective (the teacher's words are head rows)")
         if self.objective not in OBJECTIVES:

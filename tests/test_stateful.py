@@ -98,6 +98,9 @@ def test_the_training_loop_carries_the_state_from_step_to_step(tmp_path, corpus,
     np.testing.assert_array_equal(np.array(saved["0.1"]), flat[-1][1])  # the LSTM's c
 
 
-def test_stateful_refuses_rechunk():
+def test_stateful_refuses_rechunk_and_distill():
     with pytest.raises(EdgeRNNError, match="stateful and rechunk exclude each other"):
         TrainConfig(stateful=True, rechunk=True)
+    # the teacher's slots follow observations, not a lane's windows
+    with pytest.raises(EdgeRNNError, match="stateful and distill exclude each other"):
+        TrainConfig(stateful=True, distill=0.5)
