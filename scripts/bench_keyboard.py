@@ -228,6 +228,8 @@ def main() -> None:
     ap.add_argument("--distill", type=float, default=TrainConfig.distill,
                     help="weight of the KN trigram teacher at word boundaries (edge_rnn.distill)")
     ap.add_argument("--head-dim", type=int, help="override the preset's bottleneck before the head (0: none)")
+    ap.add_argument("--units", type=int, help="override the preset's units per layer")
+    ap.add_argument("--layers", type=int, help="override the preset's number of layers")
     ap.add_argument("--objective", default="word", help="training objective: word (every word) or prefix "
                     "(the typed prefix's words; edge_rnn.prefix)")
     ap.add_argument("--eval-every", type=int, default=10**9,
@@ -247,6 +249,7 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
           f"BLAS {blas.loaded or 'reference'}; preset {args.preset}"
           f"{'' if args.head_dim is None else f', head_dim {args.head_dim}'}"
+          f"{'' if args.units is None else f', units {args.units}'}{'' if args.layers is None else f', layers {args.layers}'}"
           f"{f', dropout {args.dropout:g}' if args.dropout else ''}"
           f"{f', weight decay {args.weight_decay:g}' if args.weight_decay else ''}"
           f"{f', weight average {args.ema:g}' if args.ema else ''}{', rechunked' if args.rechunk else ''}"
@@ -260,8 +263,8 @@ def main() -> None:
         corpus = tmp / "wikitext2-train-part.txt"  # never inside the repo
         corpus.write_text(rest)
         config = load_preset(args.preset)
-        if args.head_dim is not None:
-            config = replace(config, head_dim=args.head_dim)
+        overrides = {"head_dim": args.head_dim, "units": args.units, "layers": args.layers}
+        config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
         run = args.run
         if run is None:
             run = tmp / "run"
