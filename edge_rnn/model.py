@@ -178,22 +178,23 @@ class RNNModel(nn.Module):
         return weights
 
     def loss(self, ids: mx.array, targets: mx.array, dropout: Dropout | None = None,
-             prefix: tuple[mx.array, mx.array] | None = None,
-             teacher: tuple | None = None) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+             prefix: tuple[mx.array, mx.array] | None = None, teacher: tuple | None = None,
+             smoothing: float = 0.0) -> tuple[mx.array, tuple[mx.array, mx.array]]:
         """Mean cross-entropy over the tokens that carry loss; also (their count, top-1 hits).
 
         The extra outputs ride along so that training can show accuracy without a second forward.
         ``prefix``: ``(order, ranges)`` of the prefix objective (``edge_rnn.prefix``): the head's
         rows in ``order``, each token's softmax over its ``ranges`` (B, T, 2) of them, and
         ``targets`` given as positions in ``order``. ``teacher``: ``(alpha, at, words, probs)`` of
-        ``edge_rnn.distill`` (``teacher_term``).
+        ``edge_rnn.distill`` (``teacher_term``). ``smoothing``: label smoothing (``smoothing_term``).
         """
-        loss, (n, hits, _) = self.stream_loss(ids, targets, None, dropout, prefix, teacher)
+        loss, (n, hits, _) = self.stream_loss(ids, targets, None, dropout, prefix, teacher, smoothing)
         return loss, (n, hits)
 
     def stream_loss(self, ids: mx.array, targets: mx.array, state: list[State] | None,
                     dropout: Dropout | None = None, prefix: tuple[mx.array, mx.array] | None = None,
-                    teacher: tuple | None = None) -> tuple[mx.array, tuple[mx.array, mx.array, list[State]]]:
+                    teacher: tuple | None = None,
+                    smoothing: float = 0.0) -> tuple[mx.array, tuple[mx.array, mx.array, list[State]]]:
         """``loss`` from ``state`` (None: zero), also returning the final state: stateful
         training carries it into the next window of the same text (truncated BPTT)."""
         h, state = self.features(ids, state, dropout=dropout)
@@ -212,6 +213,8 @@ class RNNModel(nn.Module):
         total = (ce * weights).sum()
         if teacher is not None:
             total = total + self.teacher_term(x, targets, weights, *teacher)
+        if smoothing:
+            total = total + self.smoothing_term(x, targets, weights, smoothing)
         return total / n, (n, hits, state)
 
     def teacher_term(self, x: mx.array, targets: mx.array, weights: mx.array, alpha: float, at: mx.array,
@@ -226,6 +229,17 @@ class RNNModel(nn.Module):
         z_teacher = (x[..., None, :] @ W[words].swapaxes(-1, -2))[..., 0, :] + b[words]  # (B, S, K)
         used = mx.take_along_axis(weights, at, axis=1) & (probs.sum(-1) > 0)
         return alpha * (used * (z_gold - (probs * z_teacher).sum(-1))).sum()
+
+    def smoothing_term(self, x: mx.array, targets: mx.array, weights: mx.array, epsilon: float) -> mx.array:
+        """What label smoothing (Szegedy et al. 2016) adds to the summed loss: ``epsilon (z[target] -
+        mean_w z[w])``, the mean over the classes that can be targets (never <pad>, for autocomplete
+        not <unk>), which turns each target into ``(1 - epsilon) onehot + epsilon uniform``. That mean
+        is ``x . mean(W) + mean(b)``: one dot per position, no second pass over the logits."""
+        first = UNK + 1 if self.config.task == "autocomplete" else PAD + 1
+        W, b = self.head.weight, self.head.bias
+        z_gold = (x * W[targets]).sum(-1) + b[targets]
+        z_mean = x @ W[first:].mean(0) + b[first:].mean()
+        return epsilon * (weights * (z_gold - z_mean)).sum()
 
     def recurrent_parameters(self) -> int:
         return sum(v.size for cell in self.layers for _, v in tree_flatten(cell.parameters()))

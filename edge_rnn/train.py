@@ -52,7 +52,8 @@ CHECKPOINT = "checkpoint"
 OPTIMIZER, STEP, AVERAGE = "optimizer.safetensors", "step.json", "average.safetensors"
 CARRY = "carry.safetensors"  # stateful training: the state each batch row carries into the next step
 # settings a train.json written before they existed trained without: a resumed old run stays the run it was
-BEFORE_THEY_EXISTED = {"weight_decay": 0.0, "ema": 0.0, "rechunk": False, "distill": 0.0, "stateful": False}
+BEFORE_THEY_EXISTED = {"weight_decay": 0.0, "ema": 0.0, "rechunk": False, "distill": 0.0, "stateful": False,
+                       "label_smoothing": 0.0}
 LOG = "train.log"
 
 
@@ -83,6 +84,7 @@ class TrainConfig:
     rechunk: bool = False  # cut the training text at other word boundaries each epoch (Dataset.rechunked)
     stateful: bool = False  # rows are lanes of the training text, each step its next window, the state carried (stream_at)
     distill: float = 0.0  # weight of the KN trigram teacher in the target at word boundaries (edge_rnn.distill); 0: none
+    label_smoothing: float = 0.0  # share of every target spread evenly over the words (RNNModel.smoothing_term); 0: none
     objective: str = "word"  # "word": the article's cross-entropy; "prefix": over the typed prefix's words (edge_rnn.prefix)
 
     def __post_init__(self):
@@ -102,6 +104,12 @@ class TrainConfig:
             raise EdgeRNNError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.distill <= 1:
             raise EdgeRNNError(f"distill must be in [0, 1], got {self.distill}")
+        if not 0 <= self.label_smoothing < 1:
+            raise EdgeRNNError(f"label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.distill + self.label_smoothing > 1:
+            raise EdgeRNNError("distill + label-smoothing must be <= 1 (the shares of a word boundary's target)")
+        if self.label_smoothing and self.objective != "word":
+            raise EdgeRNNError("label-smoothing needs the word objective (its uniform share is over all words)")
         if self.stateful and (self.rechunk or self.distill):
             raise EdgeRNNError(f"stateful and {'rechunk' if self.rechunk else 'distill'} exclude each other "
                                "(stateful windows ignore observations)")
@@ -182,7 +190,7 @@ def stream_at(data: Dataset, step: int, batch_size: int, seed: int,
 def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None,
               ranks: distributed.Ranks = distributed.Ranks(None), dropout: float = 0.0,
               batch_size: int | None = None, order: np.ndarray | None = None, distill: float = 0.0,
-              stateful: bool = False) -> Callable:
+              stateful: bool = False, smoothing: float = 0.0) -> Callable:
     """One compiled update: loss, gradients (averaged over ranks, clipped if asked), Adam.
 
     ``step(ids, targets)``; with ``dropout`` > 0, ``step(ids, targets, key)``: the key of this
@@ -191,7 +199,7 @@ def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None,
     ranges)`` with targets as positions in that order (``PrefixRanges.batch``). With ``distill``
     > 0, ``step(ids, targets, key, ranges, teacher)``: ``teacher_at``'s arrays, weighted ``distill``.
     ``stateful``: ``step(..., carry)`` starts from the state ``carry`` and returns the final one
-    after ``(loss, n, hits)``.
+    after ``(loss, n, hits)``. ``smoothing``: label smoothing (``RNNModel.smoothing_term``).
     """
     loss_and_grad = nn.value_and_grad(model, model.stream_loss if stateful else model.loss)
     state = [model.state, optimizer.state]
@@ -204,9 +212,9 @@ def make_step(model: RNNModel, optimizer: optim.Optimizer, clip: float | None,
         prefix = None if head_order is None else (head_order, ranges)
         teacher = None if teacher is None else (distill, *teacher)
         if stateful:
-            (loss, (n, hits, carry)), grads = loss_and_grad(ids, targets, carry, masks, prefix, teacher)
+            (loss, (n, hits, carry)), grads = loss_and_grad(ids, targets, carry, masks, prefix, teacher, smoothing)
         else:
-            (loss, (n, hits)), grads = loss_and_grad(ids, targets, masks, prefix, teacher)
+            (loss, (n, hits)), grads = loss_and_grad(ids, targets, masks, prefix, teacher, smoothing)
         loss, n, hits, grads = distributed.reduce_step(loss, n, hits, grads, ranks)
         if clip is not None:
             grads, _ = optim.clip_grad_norm(grads, clip)
@@ -540,7 +548,8 @@ def train(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resume:
     prefix = PrefixRanges.from_vocab(splits.vocab) if config.objective == "prefix" else None
     teacher = Teacher.build(splits.train, splits.vocab) if config.distill else None
     step_fn = make_step(model, optimizer, config.clip, ranks, config.dropout, config.batch_size,
-                        None if prefix is None else prefix.order, config.distill, config.stateful)
+                        None if prefix is None else prefix.order, config.distill, config.stateful,
+                        config.label_smoothing)
     try:
         return _loop(model, optimizer, average, splits, config, run_dir, start, key, step_fn, ranks, rows, progress,
                      echo, prefix, teacher)

@@ -227,6 +227,8 @@ def main() -> None:
                     help="truncated BPTT over lanes of the training text, the state carried between steps")
     ap.add_argument("--distill", type=float, default=TrainConfig.distill,
                     help="weight of the KN trigram teacher at word boundaries (edge_rnn.distill)")
+    ap.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing,
+                    help="share of every target spread evenly over the words")
     ap.add_argument("--head-dim", type=int, help="override the preset's bottleneck before the head (0: none)")
     ap.add_argument("--units", type=int, help="override the preset's units per layer")
     ap.add_argument("--layers", type=int, help="override the preset's number of layers")
@@ -253,7 +255,8 @@ def main() -> None:
           f"{f', dropout {args.dropout:g}' if args.dropout else ''}"
           f"{f', weight decay {args.weight_decay:g}' if args.weight_decay else ''}"
           f"{f', weight average {args.ema:g}' if args.ema else ''}{', rechunked' if args.rechunk else ''}"
-          f"{f', trigram teacher {args.distill:g}' if args.distill else ''}{', stateful' if args.stateful else ''}, "
+          f"{f', trigram teacher {args.distill:g}' if args.distill else ''}"
+          f"{f', label smoothing {args.label_smoothing:g}' if args.label_smoothing else ''}{', stateful' if args.stateful else ''}, "
           f"{args.minutes:g} min budget",
           flush=True)
     stream, rest = held_out(args.stream_words)
@@ -272,6 +275,7 @@ def main() -> None:
             final = train(config, TrainConfig(corpus=str(corpus), steps=10**9, batch_size=args.batch_size, lr=args.lr,
                                               dropout=args.dropout, weight_decay=args.weight_decay, ema=args.ema, rechunk=args.rechunk,
                                               distill=args.distill, stateful=args.stateful,
+                                              label_smoothing=args.label_smoothing,
                                               objective=args.objective,
                                               eval_every=args.eval_every,
                                               minutes=args.minutes), run)

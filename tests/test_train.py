@@ -38,23 +38,26 @@ def test_run_dir_holds_config_weights_vocab_metrics(trained):
     assert len(vocab) == model.config.n_outputs == final["vocab_size"] + 2
 
 
-@pytest.mark.parametrize("dropout,weight_decay,ema,rechunk,distill,stateful", [
-    (0.0, 0.0, 0.0, False, 0.0, False), (0.3, 0.0, 0.0, False, 0.0, False), (0.0, 0.1, 0.0, False, 0.0, False),
-    (0.0, 0.0, 0.9, False, 0.0, False), (0.0, 0.0, 0.0, True, 0.0, False), (0.0, 0.0, 0.0, True, 0.5, False),
-    (0.0, 0.0, 0.0, False, 0.0, True)])
+@pytest.mark.parametrize("dropout,weight_decay,ema,rechunk,distill,stateful,label_smoothing", [
+    (0.0, 0.0, 0.0, False, 0.0, False, 0.0), (0.3, 0.0, 0.0, False, 0.0, False, 0.0),
+    (0.0, 0.1, 0.0, False, 0.0, False, 0.0), (0.0, 0.0, 0.9, False, 0.0, False, 0.0),
+    (0.0, 0.0, 0.0, True, 0.0, False, 0.0), (0.0, 0.0, 0.0, True, 0.5, False, 0.0),
+    (0.0, 0.0, 0.0, False, 0.0, True, 0.0), (0.0, 0.0, 0.0, False, 0.0, True, 0.1)])
 def test_resume_replays_the_uninterrupted_run_exactly(tmp_path, corpus, dropout, weight_decay, ema, rechunk, distill,
-                                                      stateful):
+                                                      stateful, label_smoothing):
     """Also with dropout (the checkpoint carries the key of the masks still to come), with weight
     decay (the resumed run's optimizer is built from train.json), with a weight average (the
     checkpoint carries it; the saved models compared here are the averages), with the text cut
     anew each epoch (the cut is a function of the seed and the epoch), with a trigram teacher
-    (rebuilt from the training split on resume) and statefully (the checkpoint carries the state)."""
+    (rebuilt from the training split on resume), statefully (the checkpoint carries the state) and
+    with label smoothing (train.json carries it; here with the stateful loss)."""
     cfg = load_preset("tiny")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     # constant rate: the default cosine is fitted to --steps, so a 3-step run extended to 6 on
     # resume decays differently from a 6-step run by design
     settings = dict(corpus=corpus, batch_size=4, eval_every=3, eval_batches=1, schedule="constant", dropout=dropout,
-                    weight_decay=weight_decay, ema=ema, rechunk=rechunk, distill=distill, stateful=stateful)
+                    weight_decay=weight_decay, ema=ema, rechunk=rechunk, distill=distill, stateful=stateful,
+                    label_smoothing=label_smoothing)
     train(cfg, TrainConfig(steps=6, **settings), straight)
     train(cfg, TrainConfig(steps=3, **settings), resumed)
     train(cfg, TrainConfig(steps=6), resumed, resume=True)  # settings come from the run's train.json
