@@ -50,7 +50,7 @@ def train(
     lr: float = typer.Option(1e-2, help="Peak Adam learning rate of the schedule (linear warm-up, cosine decay to 10 %)."),
     clip: Optional[float] = typer.Option(None, help="Clip the global gradient norm to this value (off by default, as in the article)."),
     dropout: float = typer.Option(0.0, help="Dropout rate on the non-recurrent connections (embedding output, between layers, before the head); never on the recurrent state. 0: none."),
-    weight_decay: float = typer.Option(0.1, help="Decoupled weight decay (AdamW) on the weight matrices; biases are never decayed. 0: plain Adam."),
+    weight_decay: float = typer.Option(0.2, help="Decoupled weight decay (AdamW) on the weight matrices; biases are never decayed. 0: plain Adam."),
     ema: float = typer.Option(0.998, help="Decay of the exponential moving average of the weights that validation and the saved model use (early in a run the average spans about its last tenth). 0: the last weights."),
     rechunk: bool = typer.Option(False, "--rechunk/--no-rechunk", help="Cut the training text at other word boundaries each epoch, so a word is seen after other amounts of context (autocomplete)."),
     stateful: bool = typer.Option(False, "--stateful/--no-stateful", help="Truncated BPTT: each batch row reads the next 200 characters of its own lane of the training text and starts from the state the row ended its last step with (a keyboard streams past 200 characters)."),
