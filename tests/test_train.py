@@ -209,4 +209,4 @@ def test_a_run_from_before_weight_decay_and_averaging_resumes_as_it_was(tmp_path
     _, optimizer, _, config, average, start, _ = prepare(load_preset("tiny"), TrainConfig(steps=6), run, resume=True)
     assert (config.weight_decay, config.ema, average, start) == (0.0, 0.0, None, 3)
     assert not isinstance(optimizer, MatrixAdamW)
-    assert (TrainConfig().weight_decay, TrainConfig().ema) == (0.1, 0.998)  # what a new run gets
+    assert (TrainConfig().weight_decay, TrainConfig().ema) == (0.2, 0.998)  # what a new run gets
