@@ -170,12 +170,15 @@ class RNNModel(nn.Module):
             new_state.append(s)
         return self.output(x), new_state
 
+    @property
+    def first_target(self) -> int:
+        """The first class that carries loss: never <pad>; for autocomplete not <unk> either (the
+        article's). Both come first in the vocabulary, so the rest is one column range."""
+        return UNK + 1 if self.config.task == "autocomplete" else PAD + 1
+
     def loss_weights(self, targets: mx.array) -> mx.array:
-        """Which targets carry loss: never <pad>; for autocomplete not <unk> either (the article's)."""
-        weights = targets != PAD
-        if self.config.task == "autocomplete":
-            weights = weights & (targets != UNK)
-        return weights
+        """Which targets carry loss (``first_target`` and after)."""
+        return targets >= self.first_target
 
     def loss(self, ids: mx.array, targets: mx.array, dropout: Dropout | None = None,
              prefix: tuple[mx.array, mx.array] | None = None, teacher: tuple | None = None,
@@ -232,13 +235,11 @@ class RNNModel(nn.Module):
 
     def smoothing_term(self, x: mx.array, targets: mx.array, weights: mx.array, epsilon: float) -> mx.array:
         """What label smoothing (Szegedy et al. 2016) adds to the summed loss: ``epsilon (z[target] -
-        mean_w z[w])``, the mean over the classes that can be targets (never <pad>, for autocomplete
-        not <unk>), which turns each target into ``(1 - epsilon) onehot + epsilon uniform``. That mean
+        mean_w z[w])``, the mean over the classes that carry loss (``first_target`` on), which turns each target into ``(1 - epsilon) onehot + epsilon uniform``. That mean
         is ``x . mean(W) + mean(b)``: one dot per position, no second pass over the logits."""
-        first = UNK + 1 if self.config.task == "autocomplete" else PAD + 1
         W, b = self.head.weight, self.head.bias
         z_gold = (x * W[targets]).sum(-1) + b[targets]
-        z_mean = x @ W[first:].mean(0) + b[first:].mean()
+        z_mean = x @ W[self.first_target:].mean(0) + b[self.first_target:].mean()
         return epsilon * (weights * (z_gold - z_mean)).sum()
 
     def recurrent_parameters(self) -> int:
