@@ -235,11 +235,13 @@ class RNNModel(nn.Module):
 
     def smoothing_term(self, x: mx.array, targets: mx.array, weights: mx.array, epsilon: float) -> mx.array:
         """What label smoothing (Szegedy et al. 2016) adds to the summed loss: ``epsilon (z[target] -
-        mean_w z[w])``, the mean over the classes that carry loss (``first_target`` on), which turns each target into ``(1 - epsilon) onehot + epsilon uniform``. That mean
-        is ``x . mean(W) + mean(b)``: one dot per position, no second pass over the logits."""
+        mean_w z[w])``, the mean over the classes that carry loss (``first_target`` on), which turns
+        each target into ``(1 - epsilon) onehot + epsilon uniform``. That mean is ``x . mean(W) +
+        mean(b)``: one dot per position, no second pass over the logits."""
         W, b = self.head.weight, self.head.bias
+        words = slice(self.first_target, None)
         z_gold = (x * W[targets]).sum(-1) + b[targets]
-        z_mean = x @ W[self.first_target:].mean(0) + b[self.first_target:].mean()
+        z_mean = x @ W[words].mean(0) + b[words].mean()
         return epsilon * (weights * (z_gold - z_mean)).sum()
 
     def recurrent_parameters(self) -> int:
