@@ -57,6 +57,7 @@ def train(
     distill: float = typer.Option(0.0, help="Weight of a Kneser-Ney word trigram, built from the training split, in the target at each space before a word (its top-32 next words: knowledge distillation, autocomplete). 0: none."),
     label_smoothing: float = typer.Option(0.0, help="Share of every target spread evenly over all words (label smoothing; the word objective). 0: none."),
     objective: str = typer.Option("word", help="'word': cross-entropy over every word (the article's). 'prefix': over the words starting with the letters typed so far (what a keyboard shows; edge_rnn.prefix). Autocomplete only."),
+    train_fraction: float = typer.Option(1.0, help="Train on the first share of the training text only (data-scaling studies); the vocabulary, validation and test splits stay the whole corpus's."),
     eval_every: int = typer.Option(250, help="Validate and checkpoint every N steps."),
     minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes of training even if --steps is not reached."),
     checkpoint_minutes: float = typer.Option(5.0, help="Also checkpoint after this many minutes since the last checkpoint (a kill loses at most this much)."),
@@ -79,7 +80,8 @@ def train(
         out = Path("runs") / f"{preset or model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = TrainConfig(corpus=corpus, steps=steps, batch_size=batch_size, lr=lr, clip=clip, dropout=dropout,
                          weight_decay=weight_decay, ema=ema, rechunk=rechunk, stateful=stateful, distill=distill,
-                         label_smoothing=label_smoothing, objective=objective, eval_every=eval_every, seed=seed,
+                         label_smoothing=label_smoothing, objective=objective, train_fraction=train_fraction,
+                         eval_every=eval_every, seed=seed,
                          autodiff=autodiff, minutes=minutes, checkpoint_minutes=checkpoint_minutes, log_seconds=log_seconds,
                          exact_vocab=vocab_size is not None, distributed=distributed)
     ranks = ranks_of_run.init(distributed)

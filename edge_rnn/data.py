@@ -27,7 +27,7 @@ import random
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
@@ -384,6 +384,19 @@ class Dataset:
     def n_chars(self) -> int:
         return int(self.lengths.sum())
 
+    def head(self, fraction: float) -> "Dataset":
+        """The first ``fraction`` of the observations, whole ones, in text order: less of the same text.
+
+        For data-scaling studies (``TrainConfig.train_fraction``). A prefix, not a sample, so runs
+        of contiguous observations stay contiguous and ``rechunked`` and stateful lanes still apply.
+        """
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        n = max(1, round(fraction * len(self)))
+        end = int(self.starts[n - 1] + self.lengths[n - 1])
+        follows = None if self.follows is None else self.follows[:n]
+        return Dataset(self.chars[:end], self.targets[:end], self.starts[:n], self.lengths[:n], follows)
+
     def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Observations ``idx`` as (B, T) int32 inputs and targets, right-padded with 0.
 
@@ -452,6 +465,14 @@ class Splits:
     test: Dataset
     vocab: Vocab | None  # output words for autocomplete; None for charlm (targets are symbols)
     task: str  # "autocomplete" | "charlm"
+
+    def train_head(self, fraction: float) -> "Splits":
+        """These splits training on the first ``fraction`` of the training text (``Dataset.head``).
+
+        The vocabulary, validation and test splits stay the whole corpus's, so runs on less text
+        are scored on the same words with the same head.
+        """
+        return self if fraction == 1 else replace(self, train=self.train.head(fraction))
 
 
 def pack_words(costs: np.ndarray, max_len: int) -> np.ndarray:

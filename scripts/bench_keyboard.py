@@ -229,6 +229,8 @@ def main() -> None:
                     help="weight of the KN trigram teacher at word boundaries (edge_rnn.distill)")
     ap.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing,
                     help="share of every target spread evenly over the words")
+    ap.add_argument("--train-fraction", type=float, default=1.0,
+                    help="train (model and both baselines) on the first share of the training text only")
     ap.add_argument("--head-dim", type=int, help="override the preset's bottleneck before the head (0: none)")
     ap.add_argument("--units", type=int, help="override the preset's units per layer")
     ap.add_argument("--layers", type=int, help="override the preset's number of layers")
@@ -256,7 +258,8 @@ def main() -> None:
           f"{f', weight decay {args.weight_decay:g}' if args.weight_decay else ''}"
           f"{f', weight average {args.ema:g}' if args.ema else ''}{', rechunked' if args.rechunk else ''}"
           f"{f', trigram teacher {args.distill:g}' if args.distill else ''}"
-          f"{f', label smoothing {args.label_smoothing:g}' if args.label_smoothing else ''}{', stateful' if args.stateful else ''}, "
+          f"{f', label smoothing {args.label_smoothing:g}' if args.label_smoothing else ''}{', stateful' if args.stateful else ''}"
+          f"{f', the first {args.train_fraction:.0%} of the training text' if args.train_fraction < 1 else ''}, "
           f"{args.minutes:g} min budget",
           flush=True)
     stream, rest = held_out(args.stream_words)
@@ -276,7 +279,7 @@ def main() -> None:
                                               dropout=args.dropout, weight_decay=args.weight_decay, ema=args.ema, rechunk=args.rechunk,
                                               distill=args.distill, stateful=args.stateful,
                                               label_smoothing=args.label_smoothing,
-                                              objective=args.objective,
+                                              objective=args.objective, train_fraction=args.train_fraction,
                                               eval_every=args.eval_every,
                                               minutes=args.minutes), run)
             print(f"trained {final['steps']} steps in {time.perf_counter() - t0:.0f} s; valid top-1 "
@@ -291,6 +294,7 @@ def main() -> None:
             return
         model = RunKeyboard(run)
         splits = make_splits(rest, "autocomplete", config.vocab_size)  # train's own split and vocabulary
+        splits = splits.train_head(args.train_fraction)
         vocab = splits.vocab
         if vocab.words != model.vocab.words:
             raise SystemExit(f"{run} was not trained on this text (its vocabulary differs)")

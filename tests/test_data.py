@@ -223,6 +223,23 @@ def test_vocabulary_counts_the_training_split_only():
     assert set(np.unique(small.train.targets).tolist()) == {UNK, 2, 3, 4}
 
 
+def test_train_head_keeps_the_first_share_of_the_training_text_and_nothing_else(demo):
+    whole = autocomplete_splits(demo[:60_000], vocab_size=100, max_len=40)
+    half = whole.train_head(0.5)
+    assert half.vocab is whole.vocab and half.valid is whole.valid and half.test is whole.test
+    n = len(half.train)
+    assert n == round(len(whole.train) / 2)
+    assert observations(half.train) == observations(whole.train)[:n]  # the first half, in text order
+    assert len(half.train.chars) == len(half.train.targets) == half.train.n_chars()  # no text past it
+    np.testing.assert_array_equal(half.train.follows, whole.train.follows[:n])
+    assert observations(half.train.rechunked(0, 40))[0].startswith(" ")  # still cuts anew
+    assert whole.train_head(1.0) is whole
+    assert len(whole.train.head(1e-9)) == 1  # never empty
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="fraction"):
+            whole.train.head(bad)
+
+
 def test_follows_marks_observations_that_continue_the_previous_one_in_the_text():
     text = grid_text([[marker(i), "aaaa", "bbbb", "cccc"] for i in range(200)])
     s = autocomplete_splits(text, vocab_size=300, max_len=20, seed=1)  # one observation per marker
