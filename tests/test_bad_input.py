@@ -188,6 +188,7 @@ def test_manifest_naming_a_file_outside_the_bundle(bundle, tmp_path):
     (["--dropout", "1"], "dropout must be in [0, 1), got 1.0"),
     (["--weight-decay", "-0.1"], "weight-decay must be in [0, 1), got -0.1"),
     (["--ema", "1"], "ema must be in [0, 1), got 1.0"),
+    (["--train-fraction", "1.5"], "train-fraction must be in (0, 1], got 1.5"),
     (["--objective", "spelling"], "unknown objective 'spelling'"),
     (["--objective", "prefix", "--task", "charlm"], "the prefix objective needs an autocomplete model"),
     (["--vocab-size", "100000"], "distinct words of the training split"),
