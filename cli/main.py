@@ -57,7 +57,7 @@ def train(
     distill: float = typer.Option(0.0, help="Weight of a Kneser-Ney word trigram, built from the training split, in the target at each space before a word (its top-32 next words: knowledge distillation, autocomplete). 0: none."),
     label_smoothing: float = typer.Option(0.0, help="Share of every target spread evenly over all words (label smoothing; the word objective). 0: none."),
     objective: str = typer.Option("word", help="'word': cross-entropy over every word (the article's). 'prefix': over the words starting with the letters typed so far (what a keyboard shows; edge_rnn.prefix). Autocomplete only."),
-    train_fraction: float = typer.Option(1.0, help="Train on the first share of the training text only (data-scaling studies); the vocabulary, validation and test splits stay the whole corpus's."),
+    train_fraction: float = typer.Option(1.0, help="Train on this share of the training text only, whole runs of it drawn at random (data-scaling studies); the vocabulary, validation and test splits stay the whole corpus's."),
     eval_every: int = typer.Option(250, help="Validate and checkpoint every N steps."),
     minutes: Optional[float] = typer.Option(None, help="Stop after this many minutes of training even if --steps is not reached."),
     checkpoint_minutes: float = typer.Option(5.0, help="Also checkpoint after this many minutes since the last checkpoint (a kill loses at most this much)."),

@@ -384,18 +384,29 @@ class Dataset:
     def n_chars(self) -> int:
         return int(self.lengths.sum())
 
-    def head(self, fraction: float) -> "Dataset":
-        """The first ``fraction`` of the observations, whole ones, in text order: less of the same text.
+    def sample_runs(self, fraction: float, seed: int = 0) -> "Dataset":
+        """About ``fraction`` of the observations: whole runs of contiguous ones, drawn at random
+        from ``seed``, kept in text order.
 
-        For data-scaling studies (``TrainConfig.train_fraction``). A prefix, not a sample, so runs
-        of contiguous observations stay contiguous and ``rechunked`` and stateful lanes still apply.
+        For data-scaling studies (``TrainConfig.train_fraction``). Runs, so what is kept still reads
+        as text (``rechunked`` and stateful lanes apply); drawn from the whole text, not its first
+        part, so the kept text is no nearer the scored words than the whole is (the first words of
+        the test split lie in the first third of the text, and a prefix of it scored them as if
+        they were its own articles).
         """
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        n = max(1, round(fraction * len(self)))
-        end = int(self.starts[n - 1] + self.lengths[n - 1])
-        follows = None if self.follows is None else self.follows[:n]
-        return Dataset(self.chars[:end], self.targets[:end], self.starts[:n], self.lengths[:n], follows)
+        if self.follows is None:
+            raise ValueError("sample_runs needs follows: which observations continue the previous one")
+        bounds = np.append(np.flatnonzero(~self.follows), len(self))  # run r: observations bounds[r]:bounds[r+1]
+        order = np.random.default_rng([2, seed]).permutation(len(bounds) - 1)
+        enough = np.searchsorted(np.cumsum(np.diff(bounds)[order]), fraction * len(self)) + 1
+        runs = np.sort(order[:enough])
+        kept = np.concatenate([np.arange(bounds[r], bounds[r + 1]) for r in runs])
+        lengths = self.lengths[kept]
+        pos = np.concatenate([np.arange(self.starts[i], self.starts[i] + n) for i, n in zip(kept, lengths)])
+        starts = np.cumsum(lengths) - lengths
+        return Dataset(self.chars[pos], self.targets[pos], starts, lengths, self.follows[kept])
 
     def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Observations ``idx`` as (B, T) int32 inputs and targets, right-padded with 0.
@@ -466,13 +477,13 @@ class Splits:
     vocab: Vocab | None  # output words for autocomplete; None for charlm (targets are symbols)
     task: str  # "autocomplete" | "charlm"
 
-    def train_head(self, fraction: float) -> "Splits":
-        """These splits training on the first ``fraction`` of the training text (``Dataset.head``).
+    def train_share(self, fraction: float, seed: int = 0) -> "Splits":
+        """These splits training on about ``fraction`` of the training text (``Dataset.sample_runs``).
 
         The vocabulary, validation and test splits stay the whole corpus's, so runs on less text
         are scored on the same words with the same head.
         """
-        return self if fraction == 1 else replace(self, train=self.train.head(fraction))
+        return self if fraction == 1 else replace(self, train=self.train.sample_runs(fraction, seed))
 
 
 def pack_words(costs: np.ndarray, max_len: int) -> np.ndarray:

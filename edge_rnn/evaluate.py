@@ -113,7 +113,7 @@ def run_splits(run_dir: Path, vocab: Vocab | None) -> Splits:
     config = load_config(run_dir)
     splits = make_splits(load_corpus(settings["corpus"]), config.task, config.vocab_size,
                          settings.get("max_len", 200), settings.get("seed", 0))
-    splits = splits.train_head(settings.get("train_fraction", 1.0))
+    splits = splits.train_share(settings.get("train_fraction", 1.0), settings.get("seed", 0))
     if vocab is not None and splits.vocab is not None and splits.vocab.words != vocab.words:
         raise EdgeRNNError(f"{run_dir}: its corpus {settings['corpus']!r} no longer gives the run's vocabulary")
     return splits

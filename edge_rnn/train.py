@@ -86,7 +86,7 @@ class TrainConfig:
     distill: float = 0.0  # weight of the KN trigram teacher in the target at word boundaries (edge_rnn.distill); 0: none
     label_smoothing: float = 0.0  # share of every target spread evenly over the words (RNNModel.smoothing_term); 0: none
     objective: str = "word"  # "word": the article's cross-entropy; "prefix": over the typed prefix's words (edge_rnn.prefix)
-    train_fraction: float = 1.0  # train on the first share of the training text (data-scaling studies; Dataset.head)
+    train_fraction: float = 1.0  # train on this share of the training text (data-scaling studies; Dataset.sample_runs)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "eval_batches"):
@@ -407,7 +407,7 @@ def prepare(model_config: ModelConfig, config: TrainConfig, run_dir: Path, resum
 
     text = load_corpus(config.corpus)
     splits = make_splits(text, model_config.task, model_config.vocab_size, config.max_len, config.seed)
-    splits = splits.train_head(config.train_fraction)
+    splits = splits.train_share(config.train_fraction, config.seed)
     if config.exact_vocab and splits.vocab is not None and len(splits.vocab) - 2 < model_config.vocab_size:
         raise EdgeRNNError(f"--vocab-size {model_config.vocab_size} is more than the {len(splits.vocab) - 2} "
                            "distinct words of the training split; ask for fewer or use a larger corpus")

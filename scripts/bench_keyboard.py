@@ -230,7 +230,7 @@ def main() -> None:
     ap.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing,
                     help="share of every target spread evenly over the words")
     ap.add_argument("--train-fraction", type=float, default=1.0,
-                    help="train (model and both baselines) on the first share of the training text only")
+                    help="train (model and both baselines) on this share of the training text only, whole runs drawn at random")
     ap.add_argument("--head-dim", type=int, help="override the preset's bottleneck before the head (0: none)")
     ap.add_argument("--units", type=int, help="override the preset's units per layer")
     ap.add_argument("--layers", type=int, help="override the preset's number of layers")
@@ -259,7 +259,7 @@ def main() -> None:
           f"{f', weight average {args.ema:g}' if args.ema else ''}{', rechunked' if args.rechunk else ''}"
           f"{f', trigram teacher {args.distill:g}' if args.distill else ''}"
           f"{f', label smoothing {args.label_smoothing:g}' if args.label_smoothing else ''}{', stateful' if args.stateful else ''}"
-          f"{f', the first {args.train_fraction:.0%} of the training text' if args.train_fraction < 1 else ''}, "
+          f"{f', {args.train_fraction:.0%} of the training text' if args.train_fraction < 1 else ''}, "
           f"{args.minutes:g} min budget",
           flush=True)
     stream, rest = held_out(args.stream_words)
@@ -294,7 +294,7 @@ def main() -> None:
             return
         model = RunKeyboard(run)
         splits = make_splits(rest, "autocomplete", config.vocab_size)  # train's own split and vocabulary
-        splits = splits.train_head(args.train_fraction)
+        splits = splits.train_share(args.train_fraction)  # train's seed (0)
         vocab = splits.vocab
         if vocab.words != model.vocab.words:
             raise SystemExit(f"{run} was not trained on this text (its vocabulary differs)")

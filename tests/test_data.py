@@ -223,21 +223,30 @@ def test_vocabulary_counts_the_training_split_only():
     assert set(np.unique(small.train.targets).tolist()) == {UNK, 2, 3, 4}
 
 
-def test_train_head_keeps_the_first_share_of_the_training_text_and_nothing_else(demo):
-    whole = autocomplete_splits(demo[:60_000], vocab_size=100, max_len=40)
-    half = whole.train_head(0.5)
+def test_train_share_keeps_whole_runs_drawn_from_all_of_the_text():
+    text = grid_text([[marker(i), "aaaa", "bbbb", "cccc"] for i in range(2000)])
+    whole = autocomplete_splits(text, vocab_size=3000, max_len=20, seed=1)  # one observation per marker
+    half = whole.train_share(0.5, seed=3)
     assert half.vocab is whole.vocab and half.valid is whole.valid and half.test is whole.test
-    n = len(half.train)
-    assert n == round(len(whole.train) / 2)
-    assert observations(half.train) == observations(whole.train)[:n]  # the first half, in text order
-    assert len(half.train.chars) == len(half.train.targets) == half.train.n_chars()  # no text past it
-    np.testing.assert_array_equal(half.train.follows, whole.train.follows[:n])
-    assert observations(half.train.rechunked(0, 40))[0].startswith(" ")  # still cuts anew
-    assert whole.train_head(1.0) is whole
-    assert len(whole.train.head(1e-9)) == 1  # never empty
+    everything, kept = observations(whole.train), observations(half.train)
+    index = [everything.index(o) for o in kept]
+    assert index == sorted(index)  # in text order
+    runs = np.cumsum(~whole.train.follows) - 1  # run of each observation
+    sizes = np.bincount(runs)
+    assert all(np.sum(runs[index] == r) == sizes[r] for r in set(runs[index]))  # whole runs only
+    assert abs(len(kept) - len(everything) / 2) <= sizes.max()
+    assert min(index) < len(everything) / 10 and max(index) > len(everything) * 9 / 10  # all of the text
+    assert len(half.train.chars) == len(half.train.targets) == half.train.n_chars()
+    np.testing.assert_array_equal(half.train.follows, whole.train.follows[index])  # text neighbours stay so
+    assert half.train.batch(np.arange(3))[1].any()  # targets travel with their characters
+    assert observations(half.train.rechunked(0, 20))[0].startswith(" ")  # still cuts anew
+    assert observations(whole.train_share(0.5, seed=3).train) == kept  # a pure function of the seed
+    assert observations(whole.train_share(0.5, seed=4).train) != kept
+    assert whole.train_share(1.0) is whole
+    assert len(whole.train.sample_runs(1e-9)) >= 1  # never empty
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError, match="fraction"):
-            whole.train.head(bad)
+            whole.train.sample_runs(bad)
 
 
 def test_follows_marks_observations_that_continue_the_previous_one_in_the_text():

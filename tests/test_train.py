@@ -87,14 +87,14 @@ def test_batches_are_a_pure_function_of_seed_and_step(corpus):
     assert not np.array_equal(a[0], c[0])
 
 
-def test_train_fraction_trains_on_the_first_share_and_eval_rebuilds_it(tmp_path, corpus):
+def test_train_fraction_trains_on_a_share_and_eval_rebuilds_it(tmp_path, corpus):
     model_config = load_preset("tiny")
     whole = prepare(model_config, TrainConfig(corpus=corpus), tmp_path / "whole", resume=False)[2]
     config = TrainConfig(corpus=corpus, steps=4, batch_size=8, eval_every=4, train_fraction=0.25)
     run = tmp_path / "quarter"
     train(model_config, config, run)
     quarter = prepare(model_config, config, run, resume=True)[2]  # the saved recipe keeps the fraction
-    assert len(quarter.train) == round(len(whole.train) / 4)
+    assert abs(len(quarter.train) - len(whole.train) / 4) < len(whole.train) / 20
     assert quarter.vocab.words == whole.vocab.words and len(quarter.test) == len(whole.test)
     on_train = evaluate_run(run, "train")["model"]
     assert on_train["tokens"] == quarter.train.n_chars() < whole.train.n_chars() / 3
