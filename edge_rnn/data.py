@@ -398,14 +398,13 @@ class Dataset:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         if self.follows is None:
             raise ValueError("sample_runs needs follows: which observations continue the previous one")
-        bounds = np.append(np.flatnonzero(~self.follows), len(self))  # run r: observations bounds[r]:bounds[r+1]
-        order = np.random.default_rng([2, seed]).permutation(len(bounds) - 1)
-        enough = np.searchsorted(np.cumsum(np.diff(bounds)[order]), fraction * len(self)) + 1
-        runs = np.sort(order[:enough])
-        kept = np.concatenate([np.arange(bounds[r], bounds[r + 1]) for r in runs])
+        run = np.cumsum(~self.follows) - 1  # the run each observation belongs to
+        order = np.random.default_rng([2, seed]).permutation(run[-1] + 1)  # not rechunked's stream ([1, seed])
+        enough = np.searchsorted(np.cumsum(np.bincount(run)[order]), fraction * len(self)) + 1
+        kept = np.flatnonzero(np.isin(run, order[:enough]))  # in text order
         lengths = self.lengths[kept]
-        pos = np.concatenate([np.arange(self.starts[i], self.starts[i] + n) for i, n in zip(kept, lengths)])
         starts = np.cumsum(lengths) - lengths
+        pos = np.arange(int(lengths.sum())) + np.repeat(self.starts[kept] - starts, lengths)
         return Dataset(self.chars[pos], self.targets[pos], starts, lengths, self.follows[kept])
 
     def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -229,7 +229,7 @@ def main() -> None:
                     help="weight of the KN trigram teacher at word boundaries (edge_rnn.distill)")
     ap.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing,
                     help="share of every target spread evenly over the words")
-    ap.add_argument("--train-fraction", type=float, default=1.0,
+    ap.add_argument("--train-fraction", type=float, default=TrainConfig.train_fraction,
                     help="train (model and both baselines) on this share of the training text only, whole runs drawn at random")
     ap.add_argument("--head-dim", type=int, help="override the preset's bottleneck before the head (0: none)")
     ap.add_argument("--units", type=int, help="override the preset's units per layer")
@@ -294,7 +294,7 @@ def main() -> None:
             return
         model = RunKeyboard(run)
         splits = make_splits(rest, "autocomplete", config.vocab_size)  # train's own split and vocabulary
-        splits = splits.train_share(args.train_fraction)  # train's seed (0)
+        splits = splits.train_share(args.train_fraction, TrainConfig.seed)  # the text the run kept
         vocab = splits.vocab
         if vocab.words != model.vocab.words:
             raise SystemExit(f"{run} was not trained on this text (its vocabulary differs)")
